@@ -37,7 +37,9 @@ def masked_fraction(masked: torch.Tensor, maskable: torch.Tensor) -> torch.Tenso
     return hits / total.clamp_min(1.0)
 
 
-def local_mask_density(masked: torch.Tensor, maskable: torch.Tensor, radius: int = 8) -> torch.Tensor:
+def local_mask_density(
+    masked: torch.Tensor, maskable: torch.Tensor, radius: int = 8
+) -> torch.Tensor:
     """Average fraction of masked neighbours around each masked position, per sample.
 
     For every masked maskable position, count the masked positions among the maskable positions

@@ -1,0 +1,53 @@
+"""Noise-aware and static adapters for any PyTorch model: NaRA and its baselines.
+
+model = nara.add_adapters(model, nara.NaRAConfig(r=32, eta=0.1))
+with nara.noise_level(model, lam):  # lam: float or (batch,) in [0, 1]
+    out = model(input_ids)
+nara.save_adapters(model, "out/adapter")
+"""
+
+from nara.adapters import dora, hira, lora, multilora, nara, tlora  # noqa: F401  (register methods)
+from nara.adapters.config import (
+    AdapterConfig,
+    DoRAConfig,
+    HiRAConfig,
+    LoRAConfig,
+    MultiLoRAConfig,
+    NaRAConfig,
+    NaRADoRAConfig,
+    TLoRAConfig,
+)
+from nara.adapters.inject import (
+    ParameterCount,
+    adapter_layers,
+    add_adapters,
+    merge_adapters,
+    resolve_targets,
+    trainable_parameters,
+    unmerge_adapters,
+)
+from nara.adapters.noise import noise_level
+from nara.adapters.peft import load_peft_adapters
+from nara.adapters.save import load_adapters, save_adapters
+
+__all__ = [
+    "AdapterConfig",
+    "DoRAConfig",
+    "HiRAConfig",
+    "LoRAConfig",
+    "MultiLoRAConfig",
+    "NaRAConfig",
+    "NaRADoRAConfig",
+    "ParameterCount",
+    "TLoRAConfig",
+    "adapter_layers",
+    "add_adapters",
+    "load_adapters",
+    "load_peft_adapters",
+    "merge_adapters",
+    "noise_level",
+    "resolve_targets",
+    "save_adapters",
+    "trainable_parameters",
+    "unmerge_adapters",
+]

@@ -1,0 +1,1 @@
+"""Subcommands of the ``nara`` command, one module each (see :mod:`nara.cli`)."""

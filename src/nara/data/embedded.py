@@ -1,0 +1,234 @@
+"""The embedded fine-tuning suite: held-out variants of the pre-training families.
+
+Three tasks, each with deterministic ``train`` (2000), ``validation`` (200) and ``test`` (200)
+splits of ``{prompt, answer}`` records, prompts rendered with
+:func:`nara.data.corpus.render_prompt`. Each reuses what the tiny model learned in pre-training
+but asks for it in a template and answer format it never saw, so the base model fails zero-shot
+and fine-tuning has something to learn:
+
+- ``commonsense``: WinoGrande-style fill-in-the-blank, ``option1/option2`` (pre-training only has
+  true/false, solution1/2 and answer1..4). Answering needs the world's weights, sizes and uses,
+  and the splits hold out whole object pairs, so memorising pairs does not help.
+- ``arithmetic``: word problems with multiplication, sharing (division) and two steps
+  (pre-training has one addition or subtraction; multiplication appears only in code).
+- ``programs``: trace a small function call, a list comprehension, ``%`` or ``//`` and give the
+  printed output (pre-training prints single expressions).
+
+Scorers: ``keyword`` (the first of ``choices`` in the output), ``number`` (the last number),
+``exact`` (whole output, stripped).
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from nara.data.corpus import (
+    ITEMS,
+    NAMES,
+    TOOLS,
+    VARS,
+    WORLD,
+    Thing,
+    distinct,
+    render_prompt,
+    run_snippet,
+    well_separated,
+)
+
+SPLITS = ("train", "validation", "test")
+SPLIT_SIZES = {"train": 2000, "validation": 200, "test": 200}
+
+# A generator draws one example: (split key, instruction, answer). Examples that share a split
+# key always land in the same split (for commonsense the key is the object pair).
+Generator = Callable[[random.Random], tuple[Hashable, str, str]]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One embedded task. ``choices`` lists the answer keywords when ``scorer == "keyword"``."""
+
+    name: str
+    description: str
+    scorer: str
+    generator: Generator = field(repr=False)
+    choices: tuple[str, ...] = ()
+    seed: int = 0
+    splits: tuple[str, ...] = SPLITS
+
+
+# ---------------------------------------------------------------- commonsense: option1/option2
+
+
+def _pair_sentence(rng: random.Random) -> tuple[Hashable, str, Thing, list[Thing]]:
+    """A sentence with a blank about two things, the thing that fills it, and the pair."""
+    attr = rng.choice(("mass", "size", "use"))
+    person = rng.choice(NAMES)
+    if attr == "use":
+        tool = rng.choice(TOOLS)
+        other = rng.choice([t for t in WORLD if t.use != tool.use and t.category != tool.category])
+        pair = [tool, other]
+        rng.shuffle(pair)
+        sentence = (
+            f"{person} needed to {tool.use}, so {person} took the {pair[0].name} or the "
+            f"{pair[1].name}. {person} chose the _ because it was the right one for the job."
+        )
+        return ("use", tool.name, other.name), sentence, tool, pair
+    a = rng.choice(WORLD)
+    b = rng.choice([t for t in WORLD if well_separated(a, t, attr)])
+    larger = rng.random() < 0.5
+    target = max((a, b), key=lambda t: getattr(t, attr) * (1 if larger else -1))
+    if attr == "mass":
+        ease = "harder" if larger else "easier"
+        sentence = f"{person} tried to lift the {a.name} and the {b.name}. The _ was {ease} to lift."
+    else:
+        room = "more" if larger else "less"
+        sentence = f"{person} packed the {a.name} and the {b.name}. The _ took up {room} room."
+    return (attr, *sorted((a.name, b.name))), sentence, target, [a, b]
+
+
+def commonsense_example(rng: random.Random) -> tuple[Hashable, str, str]:
+    key, sentence, target, pair = _pair_sentence(rng)
+    if rng.random() < 0.5:
+        pair = pair[::-1]
+    options = "\n".join(f"Option{i}: {t.name}" for i, t in enumerate(pair, 1))
+    instruction = f"{sentence}\n{options}\nAnswer format: option1/option2"
+    return key, instruction, f"option{pair.index(target) + 1}"
+
+
+# ---------------------------------------------------------------- arithmetic: new operations
+
+
+def arithmetic_example(rng: random.Random) -> tuple[Hashable, str, str]:
+    name = rng.choice(NAMES)
+    item = rng.choice(ITEMS)
+    a, b = rng.randint(2, 9), rng.randint(2, 9)
+    c = rng.randint(1, 30)
+    templates = (
+        (f"{name} has {a} bags with {b} {item}s in each bag. How many {item}s does {name} have in all?", a * b),
+        (f"Each of {a} shelves holds {b} {item}s. How many {item}s are on the shelves?", a * b),
+        (f"{name} shares {a * b} {item}s equally among {a} friends. How many {item}s does each friend get?", b),
+        (f"{name} had {c + a} {item}s, found {b} more and then lost {c}. How many {item}s does {name} have now?", a + b),
+        (f"{name} buys {a} packs of {item}s. Each pack has {b} {item}s. {name} gives away {a}. How many {item}s are left?", a * b - a),
+    )  # fmt: skip
+    question, value = rng.choice(templates)
+    return question, question, str(value)
+
+
+# ---------------------------------------------------------------- programs: trace and output
+
+
+def program_code(rng: random.Random) -> str:
+    v, u = distinct(rng, VARS, 2)
+    fname = rng.choice(("f", "g", "h", "step", "calc", "twist"))
+    a, b, k = rng.randint(0, 9), rng.randint(1, 9), rng.randint(1, 5)
+    xs = [rng.randint(0, 9) for _ in range(rng.randint(2, 4))]
+    options = (
+        f"def {fname}({v}):\n    return {v} * {k} + {b}\nprint({fname}({a}))",
+        f"def {fname}({v}):\n    return {v} - {k}\nprint({fname}({a}) * 2)",
+        f"def {fname}({v}, {u}):\n    return {v} * {u} - {k}\nprint({fname}({a}, {b}))",
+        f"print([{v} + {k} for {v} in {xs}])",
+        f"print([{v} * {v} for {v} in {xs}])",
+        f"print({a + 10} % {b})",
+        f"print({a + 10} // {b})",
+    )
+    return rng.choice(options)
+
+
+def programs_example(rng: random.Random) -> tuple[Hashable, str, str]:
+    code = program_code(rng)
+    return code, f"Trace this Python program and write exactly what it prints.\n{code}", run_snippet(code)
+
+
+# ---------------------------------------------------------------- the suite
+
+
+def embedded_tasks() -> dict[str, TaskSpec]:
+    """The embedded tasks by name."""
+    specs = (
+        TaskSpec(
+            "commonsense",
+            "WinoGrande-style option1/option2 questions on weights, sizes and uses",
+            "keyword",
+            commonsense_example,
+            choices=("option1", "option2"),
+            seed=101,
+        ),
+        TaskSpec(
+            "arithmetic",
+            "word problems with multiplication, sharing and two steps; answer a number",
+            "number",
+            arithmetic_example,
+            seed=202,
+        ),
+        TaskSpec(
+            "programs",
+            "trace a function call, list comprehension, % or //; answer the printed output",
+            "exact",
+            programs_example,
+            seed=303,
+        ),
+    )
+    return {spec.name: spec for spec in specs}
+
+
+def split_of(key: Hashable) -> str:
+    """The split a key belongs to: a stable hash puts 10 % in test, 10 % in validation."""
+    bucket = zlib.crc32(repr(key).encode()) % 10
+    return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+
+
+@lru_cache(maxsize=None)
+def _generate(name: str, seed: int) -> dict[str, tuple[tuple[str, str], ...]]:
+    spec = embedded_tasks()[name]
+    rng = random.Random(seed)
+    out: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    seen: set[str] = set()
+    for _ in range(200 * sum(SPLIT_SIZES.values())):
+        key, instruction, answer = spec.generator(rng)
+        split = split_of(key)
+        prompt = render_prompt(instruction)
+        if prompt in seen or len(out[split]) >= SPLIT_SIZES[split]:
+            continue
+        seen.add(prompt)
+        out[split].append((prompt, answer))
+        if all(len(out[s]) >= SPLIT_SIZES[s] for s in SPLITS):
+            return {s: tuple(v) for s, v in out.items()}
+    raise RuntimeError(f"task {name!r} could not fill its splits; its generator is too narrow")
+
+
+def generate_task(name: str, seed: int | None = None) -> dict[str, list[dict[str, str]]]:
+    """All splits of a task, for ``seed`` (default: the task's own): split -> records.
+
+    Raises:
+        KeyError: for an unknown task name.
+    """
+    spec = _spec(name)
+    splits = _generate(name, spec.seed if seed is None else seed)
+    return {s: [{"prompt": p, "answer": a} for p, a in records] for s, records in splits.items()}
+
+
+def load_embedded(name: str, split: str) -> list[dict[str, str]]:
+    """Records ``{prompt, answer}`` of one split of an embedded task.
+
+    Raises:
+        KeyError: for an unknown task name or split, listing the valid ones.
+    """
+    if split not in SPLITS:
+        raise KeyError(f"unknown split {split!r} of embedded task {name!r}; choose from {SPLITS}")
+    return generate_task(name)[split]
+
+
+def embedded_splits(name: str) -> tuple[str, ...]:
+    """The split names of an embedded task."""
+    return _spec(name).splits
+
+
+def _spec(name: str) -> TaskSpec:
+    tasks = embedded_tasks()
+    if name not in tasks:
+        raise KeyError(f"unknown embedded task {name!r}; choose from {sorted(tasks)}")
+    return tasks[name]

@@ -1,0 +1,208 @@
+"""Records: one prompt with its gold answer, loaded from the benchmark file formats nara supports.
+
+Formats (each record is a JSON object; a file is a JSON list of them or one object per line):
+
+- ``llm-adapters``: ``{instruction, input, output, answer}`` (LLM-Adapters test/train sets).
+- ``prompt-answer``: ``{prompt, answer}`` with an optional ``target`` (training text).
+- ``humaneval``: ``{task_id, prompt, canonical_solution, test, entry_point}``.
+- ``mbpp``: ``{task_id, text, code, test_list}`` with optional ``test_setup_code``.
+
+Every malformed record raises :class:`RecordFormatError` naming the file, the record (and line)
+and the problem, and saying which format was expected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nara.data.templates import llm_adapters_prompt, mbpp_prompt
+
+
+@dataclass
+class Record:
+    """One example.
+
+    prompt: the text the model sees (already templated).
+    answer: the gold label used for scoring ("true", "answer3", "18.0", "C"; for code the
+        reference solution).
+    target: the text a model is trained to produce (e.g. a worked solution), or None.
+    meta: anything else (``id`` is used to resume evaluations; code tasks keep their tests here).
+    """
+
+    prompt: str
+    answer: str
+    target: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class RecordFormatError(ValueError):
+    """A data file or record does not have the expected format."""
+
+
+@dataclass(frozen=True)
+class _Format:
+    required: dict[str, type | tuple[type, ...]]
+    optional: dict[str, type | tuple[type, ...]]
+    build: Callable[[dict[str, Any], str], Record]
+
+    def describe(self, name: str) -> str:
+        fields = ", ".join([*self.required, *(f"{k}?" for k in self.optional)])
+        return f"'{name}' records {{{fields}}}, as a JSON list or one JSON object per line"
+
+
+def _llm_adapters(raw: dict[str, Any], rid: str) -> Record:
+    prompt = llm_adapters_prompt(raw["instruction"], raw["input"])
+    meta = {"id": rid, "instruction": raw["instruction"], "input": raw["input"]}
+    return Record(prompt, str(raw["answer"]), raw["output"], meta)
+
+
+def _prompt_answer(raw: dict[str, Any], rid: str) -> Record:
+    return Record(raw["prompt"], str(raw["answer"]), raw.get("target"), {"id": rid})
+
+
+def _humaneval(raw: dict[str, Any], rid: str) -> Record:
+    meta = {"id": raw["task_id"], "test": raw["test"], "entry_point": raw["entry_point"]}
+    solution = raw["canonical_solution"]
+    return Record(raw["prompt"], solution, solution, meta)
+
+
+def _mbpp(raw: dict[str, Any], rid: str) -> Record:
+    meta = {
+        "id": str(raw["task_id"]),
+        "tests": raw["test_list"],
+        "setup": raw.get("test_setup_code") or "",
+        "text": raw["text"],
+    }
+    return Record(mbpp_prompt(raw["text"], raw["test_list"]), raw["code"], raw["code"], meta)
+
+
+_NUMBER_OR_STR = (str, int, float)
+FORMATS: dict[str, _Format] = {
+    "llm-adapters": _Format(
+        {"instruction": str, "input": str, "output": str, "answer": _NUMBER_OR_STR},
+        {},
+        _llm_adapters,
+    ),
+    "prompt-answer": _Format(
+        {"prompt": str, "answer": _NUMBER_OR_STR}, {"target": str}, _prompt_answer
+    ),
+    "humaneval": _Format(
+        {"task_id": str, "prompt": str, "canonical_solution": str, "test": str, "entry_point": str},
+        {},
+        _humaneval,
+    ),
+    "mbpp": _Format(
+        {"task_id": (int, str), "text": str, "code": str, "test_list": list},
+        {"test_setup_code": str},
+        _mbpp,
+    ),
+}
+
+
+def _read_raw(path: Path) -> list[tuple[str, Any]]:
+    """(location, parsed object) pairs from a JSON list or a JSONL file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"data file not found: {path}") from err
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RecordFormatError(
+                f"{path}: invalid JSON ({err}); expected a JSON list of records or one JSON "
+                "object per line"
+            ) from err
+        return [(f"record {i}", item) for i, item in enumerate(items)]
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            pairs.append((f"record {len(pairs)} (line {number})", json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise RecordFormatError(
+                f"{path}: line {number} is not valid JSON ({err.msg}); expected a JSON list of "
+                "records or one JSON object per line"
+            ) from err
+    return pairs
+
+
+def _detect(first: Any) -> str:
+    keys = set(first) if isinstance(first, dict) else set()
+    for name, fmt in FORMATS.items():
+        if set(fmt.required) <= keys:
+            return name
+    return "prompt-answer"  # the simplest format: its error message lists what is missing
+
+
+def _check(raw: Any, fmt: _Format, name: str, where: str) -> None:
+    expected = f"expected {fmt.describe(name)}"
+    if not isinstance(raw, dict):
+        raise RecordFormatError(f"{where} is a {type(raw).__name__}, not a JSON object; {expected}")
+    for key, kinds in [*fmt.required.items(), *fmt.optional.items()]:
+        if key not in raw:
+            if key in fmt.required:
+                raise RecordFormatError(f"{where}: missing field '{key}'; {expected}")
+            continue
+        value = raw[key]
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise RecordFormatError(
+                f"{where}: field '{key}' is a {type(value).__name__} ({value!r:.60}); {expected}"
+            )
+
+
+def parse_records(
+    items: Iterable[tuple[str, Any]], format: str = "auto", *, source: str = "<records>"
+) -> list[Record]:
+    """Validate and convert raw JSON objects, given as (location, object) pairs, to Records.
+
+    Raises:
+        RecordFormatError: a record is not an object, misses a field or has a wrong type.
+        ValueError: unknown format name.
+    """
+    items = list(items)
+    if format == "auto":
+        format = _detect(items[0][1]) if items else "prompt-answer"
+    if format not in FORMATS:
+        raise ValueError(f"unknown record format {format!r}; choose one of {sorted(FORMATS)}")
+    fmt = FORMATS[format]
+    records = []
+    for index, (location, raw) in enumerate(items):
+        _check(raw, fmt, format, f"{source}: {location}")
+        records.append(fmt.build(raw, str(index)))
+    return records
+
+
+def load_records(path: str | Path, format: str = "auto") -> list[Record]:
+    """Load a JSON-list or JSONL file of records in one of :data:`FORMATS` (auto-detected).
+
+    Raises:
+        FileNotFoundError: no such file.
+        RecordFormatError: malformed file or record (the message names file, record and field).
+    """
+    path = Path(path)
+    return parse_records(_read_raw(path), format, source=str(path))
+
+
+def load_hub(
+    name: str, *, split: str = "test", format: str = "auto", config: str | None = None
+) -> list[Record]:
+    """Load records from a Hugging Face dataset (needs `datasets` and network access).
+
+    The dataset's columns must match one of :data:`FORMATS`.
+    """
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError(
+            "loading from the Hugging Face hub needs `datasets`: pip install 'nara-peft[hub]'"
+        ) from err
+    rows = datasets.load_dataset(name, config, split=split)
+    return parse_records(
+        ((f"row {i}", dict(row)) for i, row in enumerate(rows)), format, source=f"hub:{name}"
+    )

@@ -1,0 +1,46 @@
+"""How the diffusion code calls a model: under the adapters' noise context, with checked ids.
+
+``nara.adapters`` is imported when first needed rather than at module import, so importing
+``nara.diffusion`` stays light and cannot form an import cycle with the adapters.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import torch
+
+
+def noise_context(
+    model: torch.nn.Module, lam: torch.Tensor, density: torch.Tensor | None = None
+) -> AbstractContextManager:
+    """``nara.adapters.noise.noise_level(model, lam, density)``: per-sample λ for the adapters."""
+    from nara.adapters.noise import noise_level
+
+    return noise_level(model, lam, density=density)
+
+
+def denoise(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    lam: torch.Tensor,
+    density: torch.Tensor,
+) -> torch.Tensor:
+    """Logits (B, T, V) of ``model(input_ids, attention_mask=...)`` with λ (B,) set on the
+    adapters (and the local mask density, for NaRA's density input)."""
+    with noise_context(model, lam, density):
+        return model(input_ids, attention_mask=attention_mask).logits
+
+
+def check_token_id(model: torch.nn.Module, token_id: int, name: str = "mask_token_id") -> None:
+    """Raise ValueError unless ``token_id`` is a non-negative int inside the model's vocabulary
+    (when the model has a ``config.vocab_size``)."""
+    if isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {token_id!r}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and token_id >= vocab:
+        raise ValueError(
+            f"{name}={token_id} is outside the model's vocabulary ({vocab} tokens); pass the "
+            "model's own id (e.g. LoadedModel.mask_token_id)"
+        )

@@ -1,0 +1,195 @@
+"""The masked-diffusion training objective (LLaDA, Nie et al. 2025, eq. 3 and its SFT variant).
+
+Mask every maskable token with probability p = (1 − ε)·t + ε, predict the masked tokens, and
+weight each masked token's cross-entropy by 1/p. The adapters see the sample's noise level
+λ = :func:`~nara.diffusion.masking.masked_fraction` of the mask actually drawn (never t itself),
+through the noise context that the loss enters around the model call, so a trainer only calls
+:func:`diffusion_loss`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nara.diffusion._model import check_token_id, denoise
+from nara.diffusion.masking import EPS, forward_process, local_mask_density, masked_fraction
+
+NORMALIZATIONS = ("answer_length", "token", "batch")
+
+
+@dataclass
+class LossOutput:
+    """What :func:`diffusion_loss` returns. All fields but ``loss`` are detached.
+
+    Attributes:
+        loss: scalar to back-propagate.
+        lam: float (B,), λ of each sample (masked fraction of its maskable region).
+        density: float (B,), local mask density of each sample (NaRA's ``density`` input).
+        t: float (B,), the noise times drawn (or given).
+        p: float (B,), masking probabilities p = (1 − ε)·t + ε.
+        masked: bool (B, T), the positions that were masked.
+        num_masked: long scalar, number of masked positions in the batch.
+        sample_loss: float (B,), each sample's Σ CE/p over its masked positions (its negative
+            ELBO); ``loss`` is this sum normalised as requested.
+        masked_ce: float (B,), mean unweighted cross-entropy over each sample's masked positions
+            (0 when none), for loss-per-noise-level analyses.
+        accuracy: scalar, fraction of masked positions whose argmax prediction is right
+            (0 when nothing is masked).
+    """
+
+    loss: torch.Tensor
+    lam: torch.Tensor
+    density: torch.Tensor
+    t: torch.Tensor
+    p: torch.Tensor
+    masked: torch.Tensor
+    num_masked: torch.Tensor
+    sample_loss: torch.Tensor
+    masked_ce: torch.Tensor
+    accuracy: torch.Tensor
+
+
+def sft_maskable(prompt_lengths: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The maskable region of supervised fine-tuning: every real token after the prompt.
+
+    Works for right padding (the layout training usually uses): position j of sample i is
+    maskable when ``j >= prompt_lengths[i]`` and ``attention_mask[i, j] == 1``. The answer's EOS
+    padding is real (attention 1) and therefore maskable, which teaches the model where to stop.
+
+    Args:
+        prompt_lengths: long (B,), number of prompt tokens at the start of each sequence.
+        attention_mask: (B, T), 1 for real tokens, 0 for padding.
+
+    Returns:
+        bool (B, T).
+    """
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # (T,)
+    return (positions[None, :] >= prompt_lengths[:, None]) & attention_mask.bool()
+
+
+def _check_inputs(
+    input_ids: torch.Tensor,
+    maskable: torch.Tensor,
+    mask_token_id: int,
+    attention_mask: torch.Tensor | None,
+    normalization: str,
+) -> None:
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+    if maskable.shape != input_ids.shape:
+        raise ValueError(
+            f"maskable {tuple(maskable.shape)} must have the shape of input_ids "
+            f"{tuple(input_ids.shape)}"
+        )
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
+                f"{tuple(input_ids.shape)}"
+            )
+        if bool((maskable.bool() & ~attention_mask.bool()).any()):
+            raise ValueError(
+                "maskable marks padding positions (attention_mask == 0); AND it with the "
+                "attention mask when building it"
+            )
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if bool((input_ids[maskable.bool()] == mask_token_id).any()):
+        raise ValueError(
+            f"the clean input already holds mask_token_id={mask_token_id} at maskable positions; "
+            "pass the model's mask token id (e.g. LoadedModel.mask_token_id) and clean input_ids"
+        )
+
+
+def diffusion_loss(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    maskable: torch.Tensor,
+    mask_token_id: int,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    normalization: str = "answer_length",
+    eps: float = EPS,
+    t: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> LossOutput:
+    """LLaDA's masked-diffusion loss with the noise context set for noise-aware adapters.
+
+    Masks the maskable positions (:func:`~nara.diffusion.masking.forward_process`), runs
+    ``model(noisy_ids, attention_mask=attention_mask)`` inside
+    ``noise_level(model, λ, density=density)``, and computes the float32 cross-entropy at the
+    masked positions, each divided by its sample's p. Writing ``S_i = Σ_masked CE / p_i``:
+
+    - ``"answer_length"`` (LLaDA SFT): mean over the batch of ``S_i / n_i``, with ``n_i`` the
+      number of maskable tokens of sample i. With maskable = every real token (pre-training)
+      this is LLaDA's per-token pre-training normalisation.
+    - ``"token"``: ``Σ_i S_i / Σ_i n_i``, long samples weigh more.
+    - ``"batch"``: ``Σ_i S_i / B``, the mean per-sequence negative ELBO (a bound on
+      −log p(answer)), whose scale grows with the answer length.
+
+    A sample with no maskable token contributes 0 (and still counts in B).
+
+    Args:
+        model: returns an object with ``.logits`` float (B, T, V).
+        input_ids: long (B, T), clean sequences.
+        maskable: bool (B, T), positions that may be masked: the answer (with its EOS padding)
+            in SFT, every real token in pre-training; never prompt or padding.
+        mask_token_id: id of the mask token.
+        attention_mask: optional (B, T), 1 real, 0 padding.
+        normalization: ``"answer_length"``, ``"token"`` or ``"batch"`` (see above).
+        eps: floor of the masking probability.
+        t: optional float (B,) noise times in [0, 1]; drawn from U(0, 1) when None.
+        generator: optional RNG for t and the mask.
+
+    Returns:
+        :class:`LossOutput`.
+
+    Raises:
+        ValueError: on inconsistent shapes, an unknown normalisation, padding marked maskable,
+            or a mask token id that is out of the vocabulary or already present in the input.
+    """
+    check_token_id(model, mask_token_id)
+    _check_inputs(input_ids, maskable, mask_token_id, attention_mask, normalization)
+    maskable = maskable.bool()
+    if t is None:
+        t = torch.rand(input_ids.shape[0], device=input_ids.device, generator=generator)
+    noisy, masked, p = forward_process(
+        input_ids, maskable, mask_token_id, t=t, eps=eps, generator=generator
+    )
+    lam = masked_fraction(masked, maskable)  # (B,)
+    density = local_mask_density(masked, maskable)  # (B,)
+    logits = denoise(model, noisy, attention_mask, lam, density)  # (B, T, V)
+
+    rows = masked.nonzero(as_tuple=True)[0]  # (N,) sample index of each masked position
+    masked_logits = logits[masked].float()  # (N, V): float32 only where it is needed
+    targets = input_ids[masked]  # (N,)
+    ce = F.cross_entropy(masked_logits, targets, reduction="none")  # (N,)
+    b = input_ids.shape[0]
+    sample_loss = torch.zeros(b, device=ce.device).index_add(0, rows, ce / p[rows])  # (B,)
+    n_maskable = maskable.sum(-1).float()  # (B,)
+    if normalization == "answer_length":
+        loss = (sample_loss / n_maskable.clamp_min(1.0)).mean()
+    elif normalization == "token":
+        loss = sample_loss.sum() / n_maskable.sum().clamp_min(1.0)
+    else:
+        loss = sample_loss.sum() / b
+
+    with torch.no_grad():
+        n_masked = masked.sum(-1)  # (B,)
+        ce_sum = torch.zeros(b, device=ce.device).index_add(0, rows, ce.detach())
+        correct = (masked_logits.argmax(-1) == targets).sum()
+    return LossOutput(
+        loss=loss,
+        lam=lam,
+        density=density,
+        t=t.detach(),
+        p=p.detach(),
+        masked=masked,
+        num_masked=n_masked.sum(),
+        sample_loss=sample_loss.detach(),
+        masked_ce=ce_sum / n_masked.clamp_min(1).float(),
+        accuracy=correct.float() / n_masked.sum().clamp_min(1).float(),
+    )

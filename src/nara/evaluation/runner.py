@@ -1,0 +1,318 @@
+"""Run a benchmark (or a group): generate, score, write per-example JSONL + summary, resume.
+
+Output layout under ``output_dir``: ``<task>.jsonl`` (one line per example: id, prompt,
+generation, extracted, gold, correct; code tasks add per-sample sandbox outcomes),
+``<task>.summary.json``, and for several tasks ``summary.json`` with the paper-style table.
+An interrupted run resumes: examples whose id is already in ``<task>.jsonl`` are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nara.data.records import Record
+from nara.evaluation import scoring, tasks
+from nara.evaluation.sandbox import SandboxLimits, run_programs
+
+GenerateFn = Callable[[list[str], int], list[str]]
+
+
+@dataclass
+class GenerationSettings:
+    """Sampler settings passed to :func:`nara.diffusion.generate`.
+
+    gen_length: tokens to generate (None = the task's default); steps: denoising steps (None =
+    gen_length); block_length: None = one block; the rest as in ``generate``.
+    """
+
+    gen_length: int | None = None
+    steps: int | None = None
+    block_length: int | None = None
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+    cfg_scale: float = 0.0
+    threshold: float | None = None
+
+
+def make_generate_fn(
+    model: Any, tokenizer: Any, *, mask_token_id: int, settings: GenerationSettings | None = None
+) -> GenerateFn:
+    """A `generate_fn(prompts, gen_length) -> texts` that runs nara's sampler on `model`.
+
+    Prompts are tokenized with left padding (the sampler appends the answer on the right).
+    """
+    import torch
+
+    from nara.diffusion import generate
+
+    settings = settings or GenerationSettings()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    @torch.no_grad()
+    def generate_fn(prompts: list[str], gen_length: int) -> list[str]:
+        length = settings.gen_length or gen_length
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        device = next(model.parameters()).device
+        out = generate(
+            model,
+            batch["input_ids"].to(device),  # (B, P)
+            batch["attention_mask"].to(device),
+            mask_token_id=mask_token_id,
+            gen_length=length,
+            steps=settings.steps or length,
+            block_length=settings.block_length,
+            temperature=settings.temperature,
+            remasking=settings.remasking,
+            cfg_scale=settings.cfg_scale,
+            eos_token_id=tokenizer.eos_token_id,
+            threshold=settings.threshold,
+        )
+        ids = getattr(out, "sequences", out)  # (B, gen_length)
+        return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    return generate_fn
+
+
+def _read_done(path: Path) -> list[dict]:
+    """Complete rows of a per-example file; a torn last line (killed mid-write) is dropped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return rows
+
+
+def _score_text_batch(task: tasks.Task, batch: list[Record], generations: list[str]) -> list[dict]:
+    rows = []
+    for record, generation in zip(batch, generations):
+        extracted, correct = tasks.score(task, record, generation)
+        rows.append({"generation": generation, "extracted": extracted, "correct": correct})
+    return rows
+
+
+def _score_code_batch(
+    task: tasks.Task,
+    batch: list[Record],
+    samples: list[list[str]],
+    limits: SandboxLimits,
+    workers: int | None,
+) -> list[dict]:
+    programs = [tasks.program(task, r, g) for r, gens in zip(batch, samples) for g in gens]
+    results = iter(run_programs(programs, limits, workers=workers))
+    rows = []
+    for gens in samples:
+        outcomes = [next(results) for _ in gens]
+        rows.append(
+            {
+                "generation": gens[0],
+                "extracted": outcomes[0].status,
+                "correct": outcomes[0].passed,
+                "n": len(gens),
+                "c": sum(o.passed for o in outcomes),
+                "samples": [
+                    {"generation": g, "status": o.status, "details": o.details[-500:]}
+                    for g, o in zip(gens, outcomes)
+                ],
+            }
+        )
+    return rows
+
+
+def _summarize(task: tasks.Task, rows: list[dict], ks: Sequence[int], oracle: bool) -> dict:
+    n = len(rows)
+    summary: dict[str, Any] = {"task": task.name, "family": task.family, "n": n, "oracle": oracle}
+    summary["correct"] = sum(bool(r["correct"]) for r in rows)
+    summary["accuracy"] = 100.0 * summary["correct"] / n if n else 0.0
+    if task.family == "code" and n:
+        for k in ks:
+            if all(r["n"] >= k for r in rows):
+                summary[f"pass@{k}"] = (
+                    100.0 * sum(scoring.pass_at_k(r["n"], r["c"], k) for r in rows) / n
+                )
+        summary["score"] = summary.get("pass@1", summary["accuracy"])
+        summary["statuses"] = _count(s["status"] for r in rows for s in r["samples"])
+    else:
+        summary["score"] = summary["accuracy"]
+    return summary
+
+
+def _count(values) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return counts
+
+
+def evaluate_task(
+    task: tasks.Task,
+    records: list[Record],
+    output_dir: Path,
+    *,
+    generate_fn: GenerateFn | None,
+    oracle: bool,
+    batch_size: int,
+    gen_length: int | None,
+    n_samples: int,
+    ks: Sequence[int],
+    sandbox: SandboxLimits,
+    workers: int | None,
+    progress: bool,
+) -> dict:
+    """Evaluate one task on `records`, appending to ``<task>.jsonl``; returns its summary."""
+    path = output_dir / f"{task.name}.jsonl"
+    done = _read_done(path)
+    seen = {str(r["id"]) for r in done}
+    pending = [r for r in records if str(r.meta.get("id")) not in seen]
+    start = time.monotonic()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(records), initial=len(records) - len(pending), desc=task.name)
+    with path.open("a", encoding="utf-8") as out:
+        for i in range(0, len(pending), batch_size):
+            batch = pending[i : i + batch_size]
+            if oracle:
+                samples = [[tasks.oracle_generation(task, r)] for r in batch]
+            else:
+                prompts = [r.prompt for r in batch for _ in range(n_samples)]
+                flat = generate_fn(prompts, gen_length or task.gen_length)
+                samples = [flat[j * n_samples : (j + 1) * n_samples] for j in range(len(batch))]
+            if task.family == "code":
+                rows = _score_code_batch(task, batch, samples, sandbox, workers)
+            else:
+                rows = _score_text_batch(task, batch, [s[0] for s in samples])
+            for record, row in zip(batch, rows):
+                full = {"id": record.meta.get("id"), "prompt": record.prompt, **row}
+                full["gold"] = record.answer
+                out.write(json.dumps(full) + "\n")
+                done.append(full)
+            out.flush()
+            if bar is not None:
+                bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    summary = _summarize(task, done, ks, oracle)
+    summary["seconds"] = round(time.monotonic() - start, 2)
+    (output_dir / f"{task.name}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def format_table(summaries: list[dict]) -> str:
+    """A paper-style markdown table: one column per dataset, then the average score."""
+    names = [s["task"] for s in summaries]
+    scores = [s["score"] for s in summaries]
+    header = "| " + " | ".join([*names, "Avg"]) + " |"
+    rule = "|" + "|".join("---:" for _ in range(len(names) + 1)) + "|"
+    values = [f"{v:.2f}" for v in scores] + [f"{sum(scores) / len(scores):.2f}"]
+    return "\n".join([header, rule, "| " + " | ".join(values) + " |"])
+
+
+def run_eval(
+    model: Any | None,
+    tokenizer: Any | None,
+    task: str,
+    *,
+    output_dir: str | Path,
+    data: str | Path | None = None,
+    hub: str | None = None,
+    oracle: bool = False,
+    limit: int | None = None,
+    batch_size: int = 8,
+    mask_token_id: int | None = None,
+    generation: GenerationSettings | None = None,
+    generate_fn: GenerateFn | None = None,
+    n_samples: int = 1,
+    ks: Sequence[int] = (1,),
+    sandbox: SandboxLimits | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    print_table: bool = True,
+) -> dict[str, Any]:
+    """Evaluate `model` (or the gold outputs, ``oracle=True``) on a task, alias or group.
+
+    Args:
+        model, tokenizer: the dLLM and its tokenizer (both None with ``oracle`` or ``generate_fn``).
+        task: a task name/alias, a group (commonsense, math, code, embedded) or a comma list.
+        output_dir: where the per-example JSONL and summaries go; an interrupted run resumes.
+        data: data directory or the task's file (default: see :func:`tasks.data_dir`).
+        hub: Hugging Face dataset name to load instead (single task only).
+        oracle: score the datasets' gold outputs / canonical solutions instead of a model.
+        limit: only the first `limit` examples of each task.
+        batch_size: prompts per generation call (and problems per sandbox round).
+        mask_token_id: required with a model and no `generate_fn`.
+        generation: sampler settings; its gen_length overrides the task defaults.
+        generate_fn: `fn(prompts, gen_length) -> texts` replacing the built-in sampler call.
+        n_samples: generations per prompt (code: for pass@k); ks: the k of pass@k.
+        sandbox: limits for code execution; workers: parallel sandboxes (default: CPU cores).
+
+    Returns:
+        {"tasks": {name: summary}, "average": mean score, "table": markdown table}.
+
+    Raises:
+        ValueError: no way to generate (pass a model + tokenizer + mask_token_id, a
+            generate_fn, or oracle=True).
+    """
+    selected = tasks.resolve(task)
+    if not oracle and generate_fn is None:
+        if model is None or tokenizer is None or mask_token_id is None:
+            raise ValueError(
+                "run_eval needs a model, its tokenizer and mask_token_id, or generate_fn=..., "
+                "or oracle=True to score the gold outputs"
+            )
+        generate_fn = make_generate_fn(
+            model, tokenizer, mask_token_id=mask_token_id, settings=generation
+        )
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summaries, skipped = [], {}
+    for t in selected:
+        try:
+            records = tasks.load_task(t, data, hub=hub)[:limit]
+        except FileNotFoundError as err:
+            if len(selected) == 1:
+                raise
+            skipped[t.name] = str(err)  # e.g. HellaSwag, not shipped: the group runs without it
+            print(f"skipping {t.name}: {err}")
+            continue
+        summaries.append(
+            evaluate_task(
+                t,
+                records,
+                output_dir,
+                generate_fn=generate_fn,
+                oracle=oracle,
+                batch_size=batch_size,
+                gen_length=generation.gen_length if generation else None,
+                n_samples=1 if oracle else n_samples,
+                ks=ks,
+                sandbox=sandbox or SandboxLimits(),
+                workers=workers,
+                progress=progress,
+            )
+        )
+    table = format_table(summaries)
+    result = {
+        "tasks": {s["task"]: s for s in summaries},
+        "average": sum(s["score"] for s in summaries) / len(summaries),
+        "table": table,
+        "skipped": skipped,
+        "generation": asdict(generation) if generation else None,
+    }
+    if len(summaries) > 1:
+        (output_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    if print_table:
+        print(table)
+    return result

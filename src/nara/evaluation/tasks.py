@@ -1,0 +1,232 @@
+"""The benchmark registry: one table row per task, groups, data location and per-kind scoring.
+
+Every task has a *kind* that says how a generation is scored (``choice``, ``number``, ``letter``,
+``humaneval``, ``mbpp``, or an embedded scorer) and where its data lives relative to the data
+directory. Data directory, in order: an explicit path, ``$NARA_DATA_DIR``, then ``../shared/data``
+from the current directory or any parent (the project root in a checkout beside ``shared/``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nara.data.records import Record, load_hub, load_records
+from nara.evaluation import scoring
+
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark.
+
+    name: registry name (the LLM-Adapters folder name for those tasks).
+    family: "commonsense" | "math" | "code" | "embedded" (also the group it belongs to).
+    kind: scoring kind, see module docstring.
+    path: data file relative to the data directory.
+    keywords: answer keywords for ``choice`` tasks.
+    aliases: other accepted names.
+    gen_length: default number of tokens to generate.
+    """
+
+    name: str
+    family: str
+    kind: str
+    path: str
+    keywords: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    gen_length: int = 32
+
+
+def _numbered(word: str, count: int) -> tuple[str, ...]:
+    return tuple(f"{word}{i}" for i in range(1, count + 1))
+
+
+def _la(name: str) -> str:
+    return f"llm-adapters/{name}/test.json"
+
+
+# LLM-Adapters matches answer1..answer5 for every "answer" task; we keep its keyword sets.
+_TABLE: list[Task] = [
+    Task("boolq", "commonsense", "choice", _la("boolq"), ("true", "false")),
+    Task("piqa", "commonsense", "choice", _la("piqa"), _numbered("solution", 2)),
+    Task("social_i_qa", "commonsense", "choice", _la("social_i_qa"), _numbered("answer", 5), ("siqa",)),
+    Task("hellaswag", "commonsense", "choice", _la("hellaswag"), _numbered("ending", 4)),
+    Task("winogrande", "commonsense", "choice", _la("winogrande"), _numbered("option", 2)),
+    Task("ARC-Easy", "commonsense", "choice", _la("ARC-Easy"), _numbered("answer", 5), ("arc_e",)),
+    Task("ARC-Challenge", "commonsense", "choice", _la("ARC-Challenge"), _numbered("answer", 5), ("arc_c",)),
+    Task("openbookqa", "commonsense", "choice", _la("openbookqa"), _numbered("answer", 5), ("obqa",)),
+    *(
+        Task(name, "math", "number", _la(name), gen_length=256)
+        for name in ("gsm8k", "SVAMP", "MultiArith", "AddSub", "SingleEq", "mawps")
+    ),
+    Task("AQuA", "math", "letter", _la("AQuA"), gen_length=256),
+    Task("humaneval", "code", "humaneval", "code/humaneval.jsonl", gen_length=512),
+    Task("mbpp", "code", "mbpp", "code/mbpp.jsonl", gen_length=512),
+]  # fmt: skip
+GROUPS: dict[str, list[str]] = {}
+for _task in _TABLE:
+    GROUPS.setdefault(_task.family, []).append(_task.name)
+TASKS: dict[str, Task] = {t.name: t for t in _TABLE}
+_ALIASES = {alias.lower(): t.name for t in _TABLE for alias in (t.name, *t.aliases)}
+
+
+def _embedded_tasks() -> dict[str, Task]:
+    """Tasks of the embedded suite (src/nara/data/embedded.py), if that module exists yet."""
+    try:
+        from nara.data.embedded import embedded_tasks
+    except ImportError:
+        return {}
+    return {
+        name: Task(name, "embedded", "embedded", path=f"embedded:{name}")
+        for name in embedded_tasks()
+    }
+
+
+def all_tasks() -> dict[str, Task]:
+    """Every registered task (the table plus the embedded suite when available)."""
+    return {**TASKS, **_embedded_tasks()}
+
+
+def resolve(name: str) -> list[Task]:
+    """The tasks named by a task name, alias or group (``commonsense``, ``math``, ``code``,
+    ``embedded``, or comma-separated names).
+
+    Raises:
+        KeyError: unknown name (the message lists the valid ones).
+    """
+    tasks = all_tasks()
+    groups = {**GROUPS, "embedded": [n for n, t in tasks.items() if t.family == "embedded"]}
+    found: list[Task] = []
+    for part in (p.strip() for p in name.split(",") if p.strip()):
+        if part.lower() in groups and groups[part.lower()]:
+            found += [tasks[n] for n in groups[part.lower()]]
+        elif part in tasks or part.lower() in _ALIASES:
+            found.append(tasks.get(part) or tasks[_ALIASES[part.lower()]])
+        else:
+            valid = sorted([*groups, *tasks])
+            raise KeyError(f"unknown task {part!r}; choose from {valid} (or comma-separate them)")
+    return found
+
+
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """The benchmark data directory (see module docstring).
+
+    Raises:
+        FileNotFoundError: none found; pass --data PATH or set NARA_DATA_DIR.
+    """
+    if explicit is not None:
+        return Path(explicit)
+    if env := os.environ.get("NARA_DATA_DIR"):
+        return Path(env)
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        candidate = folder.parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(
+        "no benchmark data directory found: pass --data PATH (data_dir=...), set NARA_DATA_DIR, "
+        "or run from a project checked out beside shared/data"
+    )
+
+
+def load_task(
+    task: Task, data: str | Path | None = None, *, split: str = "test", hub: str | None = None
+) -> list[Record]:
+    """Records of `task`: from `data` (a data directory or the task's file itself), or from the
+    Hugging Face dataset `hub` (LLM-Adapters columns), or the embedded suite.
+
+    Raises:
+        FileNotFoundError: the task's file is missing (HellaSwag is not shipped: pass its path).
+    """
+    if task.family == "embedded":
+        from nara.data.embedded import load_embedded
+
+        return load_embedded(task.name, split)
+    if hub is not None:
+        return load_hub(hub, split=split)
+    root = data_dir(data)
+    path = root if root.is_file() else root / task.path.replace("/test.", f"/{split}.")
+    if not path.exists():
+        raise FileNotFoundError(
+            f"data for task {task.name!r} not found at {path}; pass its file or data directory "
+            "with --data PATH, set NARA_DATA_DIR, or load it from the hub"
+        )
+    return load_records(path)
+
+
+def oracle_generation(task: Task, record: Record) -> str:
+    """The gold output fed through the scorer by ``--oracle``.
+
+    Commonsense and code use the dataset's own gold output / canonical solution. The math test
+    sets' ``output`` fields are model-written rationales, not gold (some reach a wrong number), so
+    the math oracle states the gold answer in the format the scorer expects.
+    """
+    if _kind(task, record) == "number":
+        return f"The answer is {record.answer}."
+    if _kind(task, record) == "letter":
+        return f"The answer is ({record.answer})."
+    return record.target if record.target is not None else record.answer
+
+
+def _kind(task: Task, record: Record) -> str:
+    """Scoring kind; embedded records name theirs in ``meta["scorer"]`` (default "exact")."""
+    return record.meta.get("scorer", "exact") if task.kind == "embedded" else task.kind
+
+
+def score(task: Task, record: Record, generation: str) -> tuple[str, bool]:
+    """(extracted answer, correct?) for a generation of a non-code task.
+
+    Raises:
+        ValueError: `task` is a code task (those are scored by running them, see :func:`program`).
+    """
+    kind, gold = _kind(task, record), record.answer
+    if kind == "choice":
+        keywords = record.meta.get("keywords", task.keywords)
+        predicted = scoring.extract_choice(generation, keywords)
+        return predicted, predicted == gold.strip().lower()
+    if kind == "number":
+        value = scoring.extract_number(generation)
+        return ("" if value is None else f"{value:g}"), scoring.numbers_match(value, float(gold))
+    if kind == "letter":
+        predicted = scoring.extract_letter(generation)
+        return predicted, predicted == gold.strip().upper()
+    if kind == "exact":
+        predicted = generation.strip().split("\n", 1)[0].strip() if generation.strip() else ""
+        return predicted, predicted == gold.strip()
+    raise ValueError(f"task {task.name} ({kind}) is scored by running code, not extraction")
+
+
+_FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
+_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
+
+
+def completion_code(generation: str) -> str:
+    """The code in a generation: the first fenced block if any, else the text as written."""
+    fenced = _FENCE.search(generation)
+    return fenced.group(1) if fenced else generation
+
+
+def program(task: Task, record: Record, generation: str) -> str:
+    """The full test program for a code task: solution + tests (+ HumanEval's check call).
+
+    HumanEval: a generation that defines the entry point itself (an instruct model answering with
+    the whole function) is used as is after the prompt; otherwise it is the function body,
+    continued from the prompt and cut at the first top-level statement after it.
+    """
+    code = completion_code(generation)
+    if task.kind == "humaneval":
+        entry = record.meta["entry_point"]
+        if not re.search(rf"^def {re.escape(entry)}\s*\(", code, re.MULTILINE):
+            code = _cut(code)
+        return f"{record.prompt}{code}\n\n{record.meta['test']}\n\ncheck({entry})\n"
+    if task.kind == "mbpp":
+        tests = "\n".join(record.meta["tests"])
+        return f"{code}\n\n{record.meta['setup']}\n{tests}\n"  # setup may use the code
+    raise ValueError(f"task {task.name} is not a code task")
+
+
+def _cut(body: str) -> str:
+    """Cut a function-body completion at the first top-level stop sequence."""
+    cut = min((i for s in _STOPS if (i := body.find(s)) >= 0), default=len(body))
+    return body[:cut]

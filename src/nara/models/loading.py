@@ -1,0 +1,194 @@
+"""One entry point for every base model: the embedded tiny model, LLaDA folders, other HF models.
+
+``load_model`` returns the model, its tokenizer and the id of its mask token, which is all the
+diffusion loss and the samplers need. LLaDA checkpoints (``model_type: "llada"``) load into nara's
+native class without ``trust_remote_code``; anything else goes through the transformers Auto
+classes, running the checkpoint's own code only when the caller allows it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from nara.models.llada import LLaDAModelLM
+
+logger = logging.getLogger(__name__)
+
+TINY_DIR = Path(__file__).resolve().parent / "tiny"
+
+# Mask token ids of known dLLM families whose config does not state one, by config model_type.
+KNOWN_MASK_TOKEN_IDS = {"llada": 126336, "dream": 151666}
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+class LoadedModel(NamedTuple):
+    """What :func:`load_model` returns. ``tokenizer`` is None when the folder ships none."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase | None
+    mask_token_id: int
+
+
+def load_model(
+    name_or_path: str | Path = "tiny",
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    trust_remote_code: bool = False,
+    mask_token_id: int | None = None,
+) -> LoadedModel:
+    """Load a diffusion LM with its tokenizer and mask token id, in eval mode.
+
+    Args:
+        name_or_path: ``"tiny"`` (the model nara ships, built by ``scripts/build_tiny.py``), a
+            local folder, or a Hugging Face hub name. LLaDA checkpoints load natively.
+        dtype: e.g. ``torch.bfloat16`` or ``"bfloat16"``; default: the checkpoint's dtype.
+        device: where to put the weights; they are loaded there directly (no second copy).
+        trust_remote_code: allow a non-LLaDA checkpoint (e.g. Dream) to run its own model code.
+        mask_token_id: overrides the id found in the config, the tokenizer or the known families.
+
+    Raises:
+        FileNotFoundError: the tiny model is not built yet, or the local path does not exist.
+        ValueError: the checkpoint's weights do not match its config (missing keys, wrong
+            shapes), or no mask token id can be found.
+    """
+    path = _resolve(name_or_path)
+    raw = PretrainedConfig.get_config_dict(path)[0]
+    placement: dict[str, Any] = {}
+    if dtype is not None:
+        placement["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if device is not None:
+        placement["device_map"] = str(device)
+    if _is_llada(raw):
+        model = _load_checked(LLaDAModelLM, path, **placement)
+    else:
+        model = _load_auto(path, trust_remote_code, **placement)
+    tokenizer = _load_tokenizer(path, trust_remote_code)
+    if mask_token_id is None:
+        mask_token_id = _find_mask_token_id(model.config, tokenizer, path)
+    return LoadedModel(model.eval(), tokenizer, mask_token_id)
+
+
+def _resolve(name_or_path: str | Path) -> str:
+    """A local folder as a string, or a hub name; raises for paths that do not exist."""
+    if str(name_or_path) == "tiny":
+        if (
+            not (TINY_DIR / "config.json").is_file()
+            or not (TINY_DIR / "model.safetensors").is_file()
+        ):
+            raise FileNotFoundError(
+                f"the embedded tiny model has not been built yet (no weights in {TINY_DIR}); "
+                "build it with `python scripts/build_tiny.py` from the repository root"
+            )
+        return str(TINY_DIR)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{path} has no config.json, so it is not a model folder; point to the folder "
+                "that holds config.json and the weights"
+            )
+        return str(path)
+    text = str(name_or_path)
+    looks_local = path.exists() or text.startswith(("/", ".", "~")) or text.count("/") > 1
+    if looks_local:
+        raise FileNotFoundError(
+            f"model folder {text!r} does not exist (or is a file); check the path, or pass "
+            '"tiny" for the embedded model or a hub name such as "GSAI-ML/LLaDA-8B-Instruct"'
+        )
+    return text  # a hub name; transformers reports if it cannot be fetched
+
+
+def _is_llada(raw_config: dict[str, Any]) -> bool:
+    return raw_config.get("model_type") == "llada" or "LLaDAModelLM" in (
+        raw_config.get("architectures") or []
+    )
+
+
+def _load_checked(model_class: type[PreTrainedModel], path: str, **kwargs: Any) -> PreTrainedModel:
+    """from_pretrained, but a checkpoint that does not fill the model is an error, not a warning."""
+    model, info = model_class.from_pretrained(
+        path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+    )
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"missing weights {sorted(info['missing_keys'])[:5]}")
+    if info["mismatched_keys"]:
+        shown = [
+            f"{key}: checkpoint {tuple(ckpt)} vs config {tuple(expected)}"
+            for key, ckpt, expected in sorted(info["mismatched_keys"])[:5]
+        ]
+        problems.append(f"wrong shapes {shown}")
+    if problems:
+        raise ValueError(
+            f"the checkpoint in {path} does not match its config.json: {'; '.join(problems)}. "
+            "Check that config.json belongs to these weights and that the download is complete"
+        )
+    if info["unexpected_keys"]:
+        logger.warning(
+            "ignored weights not used by %s: %s",
+            model_class.__name__,
+            sorted(info["unexpected_keys"])[:5],
+        )
+    return model
+
+
+def _load_auto(path: str, trust_remote_code: bool, **kwargs: Any) -> PreTrainedModel:
+    """A non-LLaDA model through the Auto classes: masked LM, then base model, then causal LM.
+
+    Checkpoints with remote code (Dream registers its LM as ``AutoModel``) name their classes in
+    ``auto_map``; for library models, the first Auto class that knows the config wins.
+    """
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    auto_map = getattr(config, "auto_map", None) or {}
+    for auto_class in (AutoModelForMaskedLM, AutoModel, AutoModelForCausalLM):
+        known = type(config) in auto_class._model_mapping or auto_class.__name__ in auto_map
+        if known:
+            return _load_checked(
+                auto_class, path, config=config, trust_remote_code=trust_remote_code, **kwargs
+            )
+    raise ValueError(
+        f"{path} holds a {config.model_type!r} model that no masked-LM, base or causal-LM class "
+        "of transformers loads; pass trust_remote_code=True if the checkpoint ships its own code"
+    )
+
+
+def _load_tokenizer(path: str, trust_remote_code: bool) -> PreTrainedTokenizerBase | None:
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        logger.warning("%s has no tokenizer files; LoadedModel.tokenizer is None", path)
+        return None
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def _find_mask_token_id(
+    config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase | None, path: str
+) -> int:
+    """The config's mask id, else the tokenizer's, else the known id of the model family."""
+    candidates = (
+        getattr(config, "mask_token_id", None),
+        getattr(tokenizer, "mask_token_id", None),
+        KNOWN_MASK_TOKEN_IDS.get(str(getattr(config, "model_type", "")).lower()),
+    )
+    for candidate in candidates:
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError(
+        f"cannot tell the mask token id of {path}: neither its config nor its tokenizer defines "
+        "one; pass load_model(..., mask_token_id=ID)"
+    )
