@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent / "training"))
-from conftest import arith_files, tiny_model_dir  # noqa: E402,F401  (shared fixtures)
+from training_support import arith_files, tiny_model_dir  # noqa: E402,F401  (fixtures)
 
 from nara.cli import main  # noqa: E402
 

@@ -22,7 +22,6 @@ class ScriptedModel(torch.nn.Module):
         self.register_buffer("targets", targets)
         self.register_buffer("scores", scores.double())
         self.vocab = vocab
-        self.anchor = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, input_ids: torch.Tensor, attention_mask=None) -> SimpleNamespace:
         logits = torch.zeros(*input_ids.shape, self.vocab, dtype=torch.float64)

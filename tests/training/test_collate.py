@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from training_support import EOS, build_char_tokenizer
 
-from conftest import EOS, build_char_tokenizer
 from nara.data.collate import Collator, encode_pair, encode_prompt, encode_records
 
 

@@ -144,8 +144,7 @@ def adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
         for name, layer in adapter_layers(model).items()
         for attr in layer.adapter_names
     }
-    hub = _require_hub(model)
-    params.update({f"nara_hub.{n}": p for n, p in hub.named_parameters()})
+    params.update({f"nara_hub.{n}": p for n, p in _require_hub(model).named_parameters()})
     return params
 
 

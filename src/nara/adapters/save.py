@@ -18,7 +18,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nara.adapters.config import AdapterConfig
-from nara.adapters.inject import _require_hub, adapter_layers, add_adapters, resolve_targets
+from nara.adapters.inject import (
+    _require_hub,
+    adapter_layers,
+    adapter_parameters,
+    add_adapters,
+    resolve_targets,
+)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -41,15 +47,14 @@ def fingerprint(shapes: dict[str, list[int]]) -> str:
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every adapter tensor by name: layer adapter tensors and the hub's parameters and buffers."""
-    state = {
-        f"{name}.{attr}": getattr(layer, attr)
-        for name, layer in adapter_layers(model).items()
-        for attr in layer.adapter_names
-    }
+    """Every adapter tensor by name: the trainable ones plus the hub's buffers (Fourier w)."""
     hub = _require_hub(model)
-    state.update({f"nara_hub.{k}": v for k, v in hub.state_dict().items()})
+    state = {**adapter_parameters(model), **prefixed(hub.state_dict(), "nara_hub.")}
     return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in state.items()}
 
 
 def save_adapters(model: nn.Module, path: str | Path) -> Path:

@@ -55,7 +55,7 @@ def _evaluate(model: Any, tokenizer: Any, mask_token_id: int, task: str, args, o
     result = run_eval(
         None,
         None,
-        task,
+        f"embedded:{task}",
         output_dir=out,
         limit=args.limit,
         batch_size=32,

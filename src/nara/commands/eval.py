@@ -1,5 +1,7 @@
-"""Score a model (optionally with an adapter) on a benchmark: accuracy (or pass@1) plus a
-per-example predictions file (<output>/<task>.jsonl) and a summary.
+"""Score a model (optionally with an adapter) on a benchmark, with per-example predictions.
+
+Reports accuracy (pass@1 for code) and writes <output>/<task>.jsonl (one prediction per example)
+and a summary.
 
 TASK is a task name (boolq, gsm8k, humaneval, ...), a group (commonsense, math, code,
 embedded), an embedded task, or a comma-separated list. --oracle scores the gold outputs
@@ -56,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         if args.gen_length is not None:
-            default_fn, length = generate_fn, args.gen_length
-            generate_fn = lambda prompts, _task_length: default_fn(prompts, length)  # noqa: E731
+            generate_fn = _fixed_length(generate_fn, args.gen_length)
     result = run_eval(
         None,
         None,
@@ -72,3 +73,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"average {result['average']:.2f}; predictions in {args.output}/")
     return 0
+
+
+def _fixed_length(generate_fn, length: int):
+    """``generate_fn`` with --gen-length in place of each task's default length."""
+    return lambda prompts, _task_length: generate_fn(prompts, length)

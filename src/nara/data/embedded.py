@@ -24,7 +24,7 @@ import random
 import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 from nara.data.corpus import (
     ITEMS,
@@ -83,7 +83,9 @@ def _pair_sentence(rng: random.Random) -> tuple[Hashable, str, Thing, list[Thing
     target = max((a, b), key=lambda t: getattr(t, attr) * (1 if larger else -1))
     if attr == "mass":
         ease = "harder" if larger else "easier"
-        sentence = f"{person} tried to lift the {a.name} and the {b.name}. The _ was {ease} to lift."
+        sentence = (
+            f"{person} tried to lift the {a.name} and the {b.name}. The _ was {ease} to lift."
+        )
     else:
         room = "more" if larger else "less"
         sentence = f"{person} packed the {a.name} and the {b.name}. The _ took up {room} room."
@@ -140,7 +142,11 @@ def program_code(rng: random.Random) -> str:
 
 def programs_example(rng: random.Random) -> tuple[Hashable, str, str]:
     code = program_code(rng)
-    return code, f"Trace this Python program and write exactly what it prints.\n{code}", run_snippet(code)
+    return (
+        code,
+        f"Trace this Python program and write exactly what it prints.\n{code}",
+        run_snippet(code),
+    )
 
 
 # ---------------------------------------------------------------- the suite
@@ -181,7 +187,7 @@ def split_of(key: Hashable) -> str:
     return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _generate(name: str, seed: int) -> dict[str, tuple[tuple[str, str], ...]]:
     spec = embedded_tasks()[name]
     rng = random.Random(seed)

@@ -251,8 +251,8 @@ def generate(
       :func:`transfer_schedule` (n // steps, +1 for the first n % steps steps) tokens.
     - Threshold decoding: each step commits every masked block position whose confidence is
       ``>= threshold``, or the single most confident one if none is; a block ends when it is
-      fully committed, so it takes 1 to ``block_length`` steps and ``steps`` only shapes the
-      blocks' validation (Fast-dLLM's parallel decoding).
+      fully committed, so it takes 1 to ``block_length`` steps whatever ``steps`` says (which
+      is then only validated). This is Fast-dLLM's parallel decoding.
     - EOS (``eos_token_id``): once a sample holds a committed EOS with no masked position before
       its first EOS, everything after that EOS becomes EOS and the sample is done; sampling
       stops when every sample is done. Batched and alone give the same answer.

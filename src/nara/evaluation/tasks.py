@@ -72,15 +72,23 @@ TASKS: dict[str, Task] = {t.name: t for t in _TABLE}
 _ALIASES = {alias.lower(): t.name for t in _TABLE for alias in (t.name, *t.aliases)}
 
 
+_EMBEDDED_KINDS = {"keyword": "choice", "number": "number", "exact": "exact"}
+
+
 def _embedded_tasks() -> dict[str, Task]:
-    """Tasks of the embedded suite (src/nara/data/embedded.py), if that module exists yet."""
-    try:
-        from nara.data.embedded import embedded_tasks
-    except ImportError:
-        return {}
+    """Tasks of the embedded suite (nara.data.embedded), named ``embedded:<task>`` like the
+    training data source, so they never collide with the benchmark groups."""
+    from nara.data.embedded import embedded_tasks
+
     return {
-        name: Task(name, "embedded", "embedded", path=f"embedded:{name}")
-        for name in embedded_tasks()
+        f"embedded:{name}": Task(
+            f"embedded:{name}",
+            "embedded",
+            _EMBEDDED_KINDS[spec.scorer],
+            path=f"embedded:{name}",
+            keywords=spec.choices,
+        )
+        for name, spec in embedded_tasks().items()
     }
 
 
@@ -142,7 +150,12 @@ def load_task(
     if task.family == "embedded":
         from nara.data.embedded import load_embedded
 
-        return load_embedded(task.name, split)
+        name = task.name.removeprefix("embedded:")
+        rows = load_embedded(name, split)
+        return [
+            Record(r["prompt"], r["answer"], r["answer"], {"id": f"{name}-{split}-{i}"})
+            for i, r in enumerate(rows)
+        ]
     if hub is not None:
         return load_hub(hub, split=split)
     root = data_dir(data)
@@ -170,8 +183,8 @@ def oracle_generation(task: Task, record: Record) -> str:
 
 
 def _kind(task: Task, record: Record) -> str:
-    """Scoring kind; embedded records name theirs in ``meta["scorer"]`` (default "exact")."""
-    return record.meta.get("scorer", "exact") if task.kind == "embedded" else task.kind
+    """Scoring kind of a task's records."""
+    return task.kind
 
 
 def score(task: Task, record: Record, generation: str) -> tuple[str, bool]:

@@ -1,0 +1,342 @@
+"""Build nara's embedded tiny dLLM: corpus → tokenizer → LLaDA pre-training → src/nara/models/tiny/.
+
+    python scripts/build_tiny.py            # the shipped model (about 35 min on 2 shared CPU cores)
+    python scripts/build_tiny.py --quick    # smoke test in seconds, written to /tmp/nara_tiny_quick
+    python scripts/build_tiny.py --steps 400 --out /tmp/tiny   # override any knob
+
+Everything is seeded (corpus, tokenizer, initialisation, data order, masks), so the same options
+on the same library versions give the same weights. Steps, not wall time, fix the run length.
+
+Recipe: the procedural corpus of ``nara.data.corpus`` (three families, ~5 M tokens), a byte-level
+BPE tokenizer with single-digit tokens (arithmetic stays learnable), one example per row padded
+with EOS as in LLaDA's SFT layout. Training uses ``nara.diffusion.diffusion_loss``: first LLaDA's
+pre-training loss (every token maskable, p = (1 − ε)t + ε, Σ CE/p over the number of tokens),
+then for the last ``--sft-fraction`` of the steps its SFT loss (prompt never masked), which turns
+the base into a small instruction follower, as LLaDA-8B-Instruct is for the paper's experiments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import time
+from pathlib import Path
+
+import tokenizers
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from nara.data.collate import Collator, Encoded
+from nara.data.corpus import FAMILIES, pretraining_corpus
+from nara.data.embedded import embedded_tasks, load_embedded
+from nara.diffusion.loss import diffusion_loss
+from nara.diffusion.sampling import generate
+from nara.models import LLaDAConfig, LLaDAModelLM
+
+REPO = Path(__file__).resolve().parents[1]
+EOS, MASK = "<|endoftext|>", "<|mdm_mask|>"
+EVAL_SEED_OFFSET = 1_000  # fresh corpus draws for evaluation use seed + this
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: src/nara/models/tiny)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="seconds-long smoke test of the whole build"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--examples", type=int, default=150_000, help="corpus size (examples)")
+    p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument("--d-model", type=int, default=192)
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--mlp-hidden-size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=600, help="optimizer steps in total")
+    p.add_argument("--batch-size", type=int, default=48)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=float, default=0.05, help="fraction of steps of linear warm-up")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--sft-fraction", type=float, default=0.3, help="last fraction trained as SFT")
+    p.add_argument("--eos-tail", type=int, default=12, help="up to this many extra EOS per batch")
+    p.add_argument("--eval-examples", type=int, default=60, help="per family / task at the end")
+    p.add_argument("--log-every", type=int, default=10)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.examples, args.vocab_size, args.steps, args.eval_examples = 3000, 400, 12, 6
+        args.d_model, args.n_layers, args.mlp_hidden_size, args.batch_size = 64, 2, 128, 16
+        args.log_every = 4
+    if args.out is None:
+        args.out = Path("/tmp/nara_tiny_quick") if args.quick else REPO / "src/nara/models/tiny"
+    return args
+
+
+def train_tokenizer(records: list[dict[str, str]], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (lossless on any text) whose digits are always single tokens."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, MASK],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator((r["prompt"] + r["answer"] for r in records[:40_000]), trainer)
+    # LLaDA pads answers with EOS, so pad = EOS; left padding for batched generation.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token=EOS, pad_token=EOS, mask_token=MASK, padding_side="left"
+    )
+
+
+def encode(tokenizer: PreTrainedTokenizerFast, records: list[dict[str, str]]) -> list[Encoded]:
+    """Prompt ids and answer ids + EOS, tokenized apart, exactly as nara.data.collate does."""
+    prompts = tokenizer([r["prompt"] for r in records])["input_ids"]
+    answers = tokenizer([r["answer"] for r in records], add_special_tokens=False)["input_ids"]
+    return [Encoded(p, [*a, tokenizer.eos_token_id]) for p, a in zip(prompts, answers)]
+
+
+def batch_order(encoded: list[Encoded], args: argparse.Namespace) -> list[list[int]]:
+    """Deterministic batches for all steps: shuffled, length-bucketed within windows of 16."""
+    rng = random.Random(args.seed)
+    batches: list[list[int]] = []
+    while len(batches) < args.steps:
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        window = args.batch_size * 16
+        epoch = []
+        for start in range(0, len(order) - window + 1, window):
+            chunk = sorted(order[start : start + window], key=lambda i: len(encoded[i]))
+            epoch += [chunk[j : j + args.batch_size] for j in range(0, window, args.batch_size)]
+        rng.shuffle(epoch)
+        batches += epoch
+    return batches[: args.steps]
+
+
+def lr_at(step: int, args: argparse.Namespace) -> float:
+    """Linear warm-up, then linear decay to 10 % of the peak."""
+    warm = max(1, int(args.warmup * args.steps))
+    if step < warm:
+        return args.lr * (step + 1) / warm
+    return args.lr * (1.0 - 0.9 * (step - warm) / max(1, args.steps - warm))
+
+
+def train(model, encoded, tokenizer, args, log_file) -> dict[str, float]:
+    eos, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.95),
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(args.seed)
+    tail_rng = random.Random(args.seed + 1)
+    sft_start = int((1.0 - args.sft_fraction) * args.steps)
+    model.train()
+    start, tokens, recent = time.time(), 0, []
+    for step, batch_ids in enumerate(batch_order(encoded, args)):
+        examples = [encoded[i] for i in batch_ids]
+        length = max(len(e) for e in examples) + tail_rng.randint(0, args.eos_tail)
+        batch = Collator(eos, pad_to="max_length", max_length=length)(examples)
+        phase = "sft" if step >= sft_start else "pretrain"
+        maskable = batch["maskable"] if phase == "sft" else torch.ones_like(batch["maskable"])
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args)
+        out = diffusion_loss(
+            model, batch["input_ids"], maskable, mask_id,
+            normalization="answer_length" if phase == "sft" else "token", generator=gen,
+        )  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tokens += batch["input_ids"].numel()
+        recent.append((out.loss.item(), out.accuracy.item()))
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            loss, acc = (sum(x[k] for x in recent) / len(recent) for k in (0, 1))
+            row = {"step": step + 1, "phase": phase, "loss": round(loss, 4),
+                   "masked_acc": round(acc, 4), "lr": round(lr_at(step, args), 6),
+                   "tokens": tokens, "elapsed_s": round(time.time() - start, 1)}  # fmt: skip
+            log_file.write(json.dumps(row) + "\n")
+            log_file.flush()
+            eta = (time.time() - start) / (step + 1) * (args.steps - step - 1)
+            print(f"{json.dumps(row)} eta {eta / 60:.1f} min", flush=True)
+            recent = []
+    model.eval()
+    return {"final_loss": row["loss"], "final_masked_acc": row["masked_acc"],
+            "train_tokens": tokens, "train_seconds": round(time.time() - start, 1)}  # fmt: skip
+
+
+@torch.no_grad()
+def masked_accuracy(model, encoded, mask_id: int, eos: int, seed: int) -> dict[str, float]:
+    """Accuracy of the argmax at masked positions, all tokens maskable, at three mask ratios."""
+    gen = torch.Generator().manual_seed(seed)
+    batch = Collator(eos)(encoded)
+    result = {}
+    for t in (0.15, 0.5, 0.85):
+        tt = torch.full((len(encoded),), t)
+        out = diffusion_loss(model, batch["input_ids"], torch.ones_like(batch["maskable"]),
+                             mask_id, t=tt, generator=gen, normalization="token")  # fmt: skip
+        result[f"t={t}"] = round(out.accuracy.item(), 4)
+    return result
+
+
+@torch.no_grad()
+def answers(model, tokenizer, prompts: list[str], gen_length: int = 24) -> list[str]:
+    """Greedy LLaDA sampling (low-confidence remasking, blocks of 8), decoded up to EOS."""
+    enc = tokenizer(prompts, padding=True, return_tensors="pt")
+    ids = generate(
+        model, enc["input_ids"], enc["attention_mask"], mask_token_id=tokenizer.mask_token_id,
+        gen_length=gen_length, steps=gen_length, block_length=8,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    out = []
+    for row in ids.tolist():
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id)]
+        out.append(tokenizer.decode(row).strip())
+    return out
+
+
+def correct(prediction: str, answer: str, scorer: str, choices: tuple[str, ...]) -> bool:
+    """Rough scorers for the build report (nara.evaluation has the real ones)."""
+    if scorer == "keyword":
+        found = [(prediction.find(c), c) for c in choices if c in prediction]
+        return bool(found) and min(found)[1] == answer
+    if scorer == "number":
+        numbers = [w for w in prediction.replace(",", " ").split() if w.lstrip("-").isdigit()]
+        return bool(numbers) and int(numbers[-1]) == int(answer)
+    return prediction == answer
+
+
+def evaluate(model, tokenizer, args) -> dict:
+    fresh = pretraining_corpus(3 * args.eval_examples * 4, seed=args.seed + EVAL_SEED_OFFSET)
+    report: dict = {"masked_token_accuracy": masked_accuracy(
+        model, encode(tokenizer, fresh[:256]), tokenizer.mask_token_id,
+        tokenizer.eos_token_id, args.seed)}  # fmt: skip
+    report["pretraining_families_exact_match"] = {}
+    for family in FAMILIES:
+        recs = [r for r in fresh if r["family"] == family][: args.eval_examples]
+        preds = answers(model, tokenizer, [r["prompt"] for r in recs])
+        hits = sum(p == r["answer"] for p, r in zip(preds, recs))
+        report["pretraining_families_exact_match"][family] = round(hits / len(recs), 3)
+        print(family, list(zip(preds[:4], [r["answer"] for r in recs[:4]])), flush=True)
+    report["embedded_tasks_zero_shot"] = {}
+    for name, spec in embedded_tasks().items():
+        recs = load_embedded(name, "test")[: args.eval_examples]
+        preds = answers(model, tokenizer, [r["prompt"] for r in recs])
+        hits = sum(correct(p, r["answer"], spec.scorer, spec.choices) for p, r in zip(preds, recs))
+        report["embedded_tasks_zero_shot"][name] = round(hits / len(recs), 3)
+        print(name, list(zip(preds[:4], [r["answer"] for r in recs[:4]])), flush=True)
+    return report
+
+
+def write_card(out: Path, args, config: LLaDAConfig, n_params: int, stats: dict, report: dict,
+               corpus_tokens: int, wall: float) -> None:  # fmt: skip
+    size_mb = (out / "model.safetensors").stat().st_size / 1e6
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    options["out"] = str(Path(options["out"]).resolve().relative_to(REPO)) if Path(
+        options["out"]).resolve().is_relative_to(REPO) else options["out"]  # fmt: skip
+    text = f"""# nara embedded tiny dLLM
+
+A {n_params / 1e6:.2f} M-parameter masked-diffusion LM of the LLaDA architecture
+(d_model {config.d_model}, {config.n_layers} layers, {config.n_heads} heads, MLP
+{config.mlp_hidden_size}, vocabulary {config.vocab_size}, mask id {config.mask_token_id}, EOS = pad
+id {config.eos_token_id}), trained by nara itself on CPU. `model.safetensors` is {size_mb:.1f} MB.
+Load it with `nara.load_model("tiny")`.
+
+## Rebuild
+
+    python scripts/build_tiny.py   # options used: see below
+
+Same options + same torch/transformers/tokenizers versions → same weights. Built with torch
+{torch.__version__}, transformers {transformers.__version__}, tokenizers {tokenizers.__version__},
+Python {platform.python_version()}; wall time {wall / 60:.1f} min on {args.threads} (shared) CPU
+threads.
+
+## Recipe
+
+- Corpus: `nara.data.corpus.pretraining_corpus({args.examples}, seed={args.seed})`, three
+  families (commonsense multiple choice in BoolQ/PIQA/ARC keyword formats, arithmetic word
+  problems, Python output prediction and one-line function completion), {corpus_tokens:,} tokens.
+  Prompts use `render_prompt`: `Question: ...\\nAnswer:\\n`; the answer follows, then EOS.
+- Tokenizer: byte-level BPE, {config.vocab_size} tokens, digits always single tokens; special
+  tokens `{EOS}` (EOS and padding) and `{MASK}` (mask).
+- Rows: one example each, padded with EOS to the batch length plus 0–{args.eos_tail} extra EOS
+  (LLaDA's SFT layout, so the model learns to stop); batches length-bucketed.
+- Loss: `nara.diffusion.diffusion_loss`; steps 1–{int((1 - args.sft_fraction) * args.steps)}
+  LLaDA pre-training (every token maskable, normalised per token), the remaining steps SFT
+  (prompt never masked, normalised per answer length).
+- AdamW (β 0.9/0.95, weight decay {args.weight_decay}), peak lr {args.lr}, {args.warmup:.0%}
+  warm-up then linear decay to 10 %, gradient clipping 1.0, batch {args.batch_size},
+  {args.steps} steps, {stats["train_tokens"]:,} training tokens in {stats["train_seconds"] / 60:.1f} min.
+
+## Results
+
+Final training loss {stats["final_loss"]} (mean of the last {args.log_every} steps, SFT phase),
+masked-token accuracy {stats["final_masked_acc"]}. Log: `training_log.jsonl`.
+
+Evaluation (fresh draws of the corpus families, seed {args.seed + EVAL_SEED_OFFSET}; greedy
+LLaDA sampling, 24 tokens, 24 steps, blocks of 8):
+
+```json
+{json.dumps(report, indent=2)}
+```
+
+The embedded fine-tuning tasks (`nara.data.embedded`) use templates and answer formats absent
+from the corpus, so their zero-shot scores are low by design: fine-tuning has something to learn.
+
+## Options
+
+```json
+{json.dumps(options, indent=2)}
+```
+"""
+    (out / "README.md").write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    wall = time.time()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    records = pretraining_corpus(args.examples, seed=args.seed)
+    tokenizer = train_tokenizer(records, args.vocab_size)
+    encoded = encode(tokenizer, records)
+    corpus_tokens = sum(len(e) for e in encoded)
+    print(f"corpus: {len(records)} examples, {corpus_tokens} tokens, vocab {len(tokenizer)}",
+          flush=True)  # fmt: skip
+    config = LLaDAConfig(
+        d_model=args.d_model, n_heads=args.n_heads, n_kv_heads=args.n_heads,
+        n_layers=args.n_layers, mlp_hidden_size=args.mlp_hidden_size,
+        vocab_size=len(tokenizer), embedding_size=len(tokenizer), rope_theta=10000.0,
+        max_sequence_length=512, mask_token_id=tokenizer.mask_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    model = LLaDAModelLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f} M parameters", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)  # files of an earlier build are overwritten
+    with open(args.out / "training_log.jsonl", "w") as log_file:
+        stats = train(model, encoded, tokenizer, args, log_file)
+    model.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    report = evaluate(model, tokenizer, args)
+    wall = time.time() - wall
+    write_card(args.out, args, config, n_params, stats, report, corpus_tokens, wall)
+    print(json.dumps({**stats, **report, "wall_minutes": round(wall / 60, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

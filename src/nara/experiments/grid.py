@@ -1,0 +1,239 @@
+"""Experiment grids: a YAML of methods × seeds × tasks (× an ablation axis), expanded into runs.
+
+A grid file has these keys (see configs/experiments/methods.yaml for a commented example):
+
+- ``name``: results go to ``<output>/<name>/<task>/<method>/<seed>/``.
+- ``output``: the results root (default ``results``).
+- ``tasks``: embedded task names (``embedded:`` data sources) or ``{name: data source}``.
+- ``seeds``: list of training seeds.
+- ``recipe``: the shared ``nara train`` recipe (model, adapter, data, training sections); the
+  adapter section holds fields shared by every method (only those a method has are used).
+- ``methods``: ``{label: {method: <adapter method or "base">, <adapter fields>...}}``.
+- ``ablation``: optional ``{variant: {<adapter fields>}}``, crossed with every method that has
+  all of the variant's fields (label ``<method>-<variant>``).
+- ``evaluation``: ``limit``, ``batch_size``, ``gen_length``, ``steps`` of the test-split scoring.
+- ``profile``: ``enabled``, ``examples``, ``bins``, ``samples_per_bin``, ``seed`` of the noise
+  profile drawn per task (first seed's adapters vs the base).
+
+Overrides are dotted ``key=value`` strings whose value is read as YAML:
+``recipe.training.max_steps=10``, ``seeds=[0]``, ``methods.lora.r=4``, ``evaluation.limit=20``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BASE = "base"  # the method name of "no adapter, evaluation only"
+KEYS = ("name", "output", "tasks", "seeds", "recipe", "methods", "ablation", "evaluation", "profile")
+EVALUATION_DEFAULTS = {"limit": 100, "batch_size": 32, "gen_length": None, "steps": None}
+PROFILE_DEFAULTS = {"enabled": True, "examples": 32, "bins": 10, "samples_per_bin": 1, "seed": 0}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a grid: where it goes and the ``nara train`` recipe it trains (None: base)."""
+
+    task: str
+    label: str
+    seed: int
+    run_dir: Path
+    recipe: dict[str, Any] | None
+
+    @property
+    def is_base(self) -> bool:
+        return self.recipe is None
+
+
+@dataclass
+class Grid:
+    """A validated experiment grid (see the module docstring for the keys)."""
+
+    name: str
+    output: Path
+    tasks: dict[str, str]
+    seeds: list[int]
+    recipe: dict[str, Any]
+    methods: dict[str, dict[str, Any]]
+    ablation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.output / self.name
+
+    def labels(self) -> list[str]:
+        """Method labels in grid order: each method, then its ablation variants."""
+        return list(dict.fromkeys(label for label, _ in self._combinations()))
+
+    def _combinations(self) -> list[tuple[str, dict[str, Any]]]:
+        """(label, adapter fields) of every method × variant the method accepts."""
+        from nara.training.adapters import adapter_fields
+
+        out = []
+        for label, spec in self.methods.items():
+            method = spec["method"]
+            if not self.ablation or method == BASE:
+                out.append((label, dict(spec)))
+                continue
+            names = {f.name for f in adapter_fields(method)}
+            for variant, fields in self.ablation.items():
+                if set(fields) <= names:
+                    out.append((f"{label}-{variant}", {**spec, **fields}))
+        return out
+
+    def runs(self, only: list[str] | None = None) -> list[RunSpec]:
+        """Every run, task-major; the base runs once per task (greedy decoding: no seed effect).
+
+        Raises:
+            ValueError: ``only`` names a label the grid does not have.
+        """
+        combos = self._combinations()
+        known = [label for label, _ in combos]
+        unknown = sorted(set(only or []) - set(known) - set(self.methods))
+        if unknown:
+            raise ValueError(f"--methods {unknown} are not in the grid; its methods: {known}")
+        runs = []
+        for task, source in self.tasks.items():
+            for label, spec in combos:
+                base_label = label.split("-", 1)[0]
+                if only and label not in only and base_label not in only:
+                    continue
+                seeds = self.seeds[:1] if spec["method"] == BASE else self.seeds
+                for seed in seeds:
+                    run_dir = self.root / task / label / f"seed{seed}"
+                    recipe = None
+                    if spec["method"] != BASE:
+                        recipe = self.run_recipe(spec, source, seed, run_dir)
+                    runs.append(RunSpec(task, label, seed, run_dir, recipe))
+        return runs
+
+    def run_recipe(
+        self, spec: dict[str, Any], source: str, seed: int, run_dir: Path
+    ) -> dict[str, Any]:
+        """The ``nara train`` recipe of one run: shared recipe + method fields, per-run data,
+        seed, output folder and ``resume: latest`` (a killed run continues from its checkpoint)."""
+        from nara.training.adapters import adapter_fields
+
+        recipe = copy.deepcopy(self.recipe)
+        method = spec["method"]
+        valid = {f.name for f in adapter_fields(method)}
+        shared = {k: v for k, v in (recipe.get("adapter") or {}).items() if k in valid}
+        recipe["adapter"] = {**shared, **spec}
+        recipe.setdefault("data", {})["source"] = source
+        training = recipe.setdefault("training", {})
+        training["seed"] = seed
+        training["resume"] = "latest"
+        recipe["output_dir"] = str(run_dir)
+        return recipe
+
+    def model_name(self) -> str:
+        return str((self.recipe.get("model") or {}).get("name", "tiny"))
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``key = "a.b.c"``, creating mappings on the way."""
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"override {key!r}: {part!r} holds a value, not a mapping")
+        node = child
+    node[last] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides (values parsed as YAML) to a copy of ``raw``.
+
+    Raises:
+        ValueError: an override without ``=``, or whose top-level key is not a grid key.
+    """
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not key=value; e.g. recipe.training.max_steps=10")
+        key = key.strip()
+        if key.split(".")[0] not in KEYS:
+            raise ValueError(f"override {item!r}: unknown grid key; grid keys: {', '.join(KEYS)}")
+        set_dotted(raw, key, yaml.safe_load(text) if text.strip() else None)
+    return raw
+
+
+def _as_list(value: Any) -> list:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def grid_from_dict(raw: dict[str, Any], *, default_name: str = "grid") -> Grid:
+    """Validate a grid mapping (a loaded YAML) into a :class:`Grid`.
+
+    Also validates every run's recipe against the ``nara train`` schema, so a bad key fails
+    before any model is loaded.
+
+    Raises:
+        ValueError: unknown keys, no methods/tasks/seeds, a method without ``method``, or an
+            invalid recipe (its ConfigError names the key).
+    """
+    raw = dict(raw or {})
+    unknown = sorted(set(raw) - set(KEYS))
+    if unknown:
+        raise ValueError(f"unknown grid key(s) {unknown}; grid keys: {', '.join(KEYS)}")
+    tasks = raw.get("tasks") or []
+    if isinstance(tasks, dict):
+        tasks = {str(k): str(v) for k, v in tasks.items()}
+    else:
+        tasks = {str(t): f"embedded:{t}" for t in _as_list(tasks)}
+    methods = raw.get("methods") or {}
+    for label, spec in methods.items():
+        if not isinstance(spec, dict) or "method" not in spec:
+            raise ValueError(
+                f"methods.{label} must be a mapping with a 'method' key (an adapter method or "
+                f"'{BASE}'), got {spec!r}"
+            )
+        if "-" in str(label):
+            raise ValueError(f"method label {label!r} must not contain '-' (it marks variants)")
+    grid = Grid(
+        name=str(raw.get("name") or default_name),
+        output=Path(str(raw.get("output") or "results")),
+        tasks=tasks,
+        seeds=[int(s) for s in _as_list(raw.get("seeds", [0]))],
+        recipe=dict(raw.get("recipe") or {}),
+        methods={str(k): dict(v) for k, v in methods.items()},
+        ablation={str(k): dict(v or {}) for k, v in (raw.get("ablation") or {}).items()},
+        evaluation={**EVALUATION_DEFAULTS, **(raw.get("evaluation") or {})},
+        profile={**PROFILE_DEFAULTS, **(raw.get("profile") or {})},
+    )
+    if not grid.tasks or not grid.seeds or not grid.methods:
+        raise ValueError("a grid needs at least one task, one seed and one method")
+    from nara.training.config import RecipeConfig
+
+    for run in grid.runs():
+        if run.recipe is not None:
+            RecipeConfig.from_dict(run.recipe)  # raises ConfigError naming the bad key
+    return grid
+
+
+def load_grid(path: str | Path, overrides: list[str] = ()) -> Grid:
+    """Load a grid YAML and apply overrides; the grid name defaults to the file name.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: see :func:`grid_from_dict`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"experiment grid {str(path)!r} not found; e.g. configs/experiments/methods.yaml"
+        )
+    raw = yaml.safe_load(path.read_text()) or {}
+    return grid_from_dict(apply_overrides(raw, list(overrides)), default_name=path.stem)
