@@ -23,7 +23,7 @@ EXAMPLES = """examples:
   nara recipes                                # the ready recipes in configs/
   nara train configs/demo.yaml training.max_steps=50
   nara generate --model tiny --prompt "What is 3 + 4?"
-  nara eval --model tiny --adapter runs/demo/nara/final --task arithmetic --limit 50
+  nara eval --model tiny --adapter runs/demo/nara/final --task embedded:arithmetic --limit 50
 
 Set NARA_DEBUG=1 to see full tracebacks instead of one-line errors."""
 

@@ -29,6 +29,13 @@ from nara.adapters.inject import (
 from nara.adapters.noise import noise_level
 from nara.adapters.peft import load_peft_adapters
 from nara.adapters.save import load_adapters, save_adapters
+from nara.adapters.trajectory import (
+    TrajectoryConfig,
+    TrajectoryRouterConfig,
+    compose_trajectories,
+    route_context,
+    trajectory_regularizer,
+)
 
 __all__ = [
     "AdapterConfig",
@@ -40,14 +47,19 @@ __all__ = [
     "NaRADoRAConfig",
     "ParameterCount",
     "TLoRAConfig",
+    "TrajectoryConfig",
+    "TrajectoryRouterConfig",
     "adapter_layers",
     "add_adapters",
+    "compose_trajectories",
     "load_adapters",
     "load_peft_adapters",
     "merge_adapters",
     "noise_level",
     "resolve_targets",
+    "route_context",
     "save_adapters",
     "trainable_parameters",
+    "trajectory_regularizer",
     "unmerge_adapters",
 ]

@@ -8,6 +8,7 @@ config and owns the noise conditioners (NaRA's hypernetworks).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,22 @@ def resolve_targets(model: nn.Module, target_modules: list[str] | str) -> list[s
     return picked
 
 
+@dataclass(frozen=True)
+class HiddenStateMethod:
+    """A method that perturbs hidden states instead of wrapping nn.Linear layers (trajectory).
+
+    ``add(model, config)`` installs it (``add_adapters`` dispatches to it); ``target_shapes(model,
+    config)`` gives the place name → shape map that save/load fingerprint.
+    """
+
+    add: Callable[[nn.Module, AdapterConfig], nn.Module]
+    target_shapes: Callable[[nn.Module, AdapterConfig], dict[str, list[int]]]
+
+
+# method name → HiddenStateMethod, filled by the modules that define such methods
+HIDDEN_STATE_METHODS: dict[str, HiddenStateMethod] = {}
+
+
 def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Wrap the targeted linear layers with ``config``'s adapter; freeze everything else.
 
@@ -102,6 +119,8 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     Raises:
         ValueError: bad targets (see ``resolve_targets``) or a model that already has adapters.
     """
+    if isinstance(config, AdapterConfig) and config.method in HIDDEN_STATE_METHODS:
+        return HIDDEN_STATE_METHODS[config.method].add(model, config)
     if not isinstance(config, AdapterConfig) or config.method not in LAYERS:
         raise TypeError(f"config must be a nara adapter config (e.g. LoRAConfig), got {config!r}")
     names = resolve_targets(model, config.target_modules)
@@ -186,7 +205,7 @@ def trainable_parameters(model: nn.Module) -> ParameterCount:
     return ParameterCount(
         trainable=sum(p.numel() for p in params if p.requires_grad),
         total=sum(p.numel() for p in params),
-        hypernetwork=0 if hub is None else sum(p.numel() for p in hub.parameters()),
+        hypernetwork=0 if hub is None else sum(p.numel() for p in hub.conditioners.parameters()),
     )
 
 
@@ -205,6 +224,11 @@ def merge_adapters(
         ValueError: a noise-aware adapter and no ``lam``.
     """
     hub = _require_hub(model)
+    if hub.method in HIDDEN_STATE_METHODS:
+        raise ValueError(
+            f"{hub.method} adapters perturb hidden states, not weights: there is no weight update "
+            "to merge. Keep the adapters unmerged and run the model inside nara.noise_level"
+        )
     if hub.needs_noise and lam is None:
         raise ValueError(
             f"{hub.method} adapters depend on the noise level, so they cannot be merged for all λ; "

@@ -44,8 +44,8 @@ class LoRALayer(AdapterLayer):
     def adapt(
         self, x: torch.Tensor, xd: torch.Tensor, out: torch.Tensor, cond: torch.Tensor | None
     ) -> torch.Tensor:
-        # in place: the base linear's backward does not need its output, so this saves a copy
-        return out.add_(self.low_rank(xd, cond).to(out.dtype))
+        # not in place: for 3-D inputs `out` is a view, and autograd would add an as_strided copy
+        return out + self.low_rank(xd, cond).to(out.dtype)
 
     def delta_weight(self, cond: torch.Tensor | None) -> torch.Tensor:
         m = self.mix_matrix(cond)

@@ -19,6 +19,7 @@ from torch import nn
 
 from nara.adapters.config import AdapterConfig
 from nara.adapters.inject import (
+    HIDDEN_STATE_METHODS,
     _require_hub,
     adapter_layers,
     adapter_parameters,
@@ -62,7 +63,11 @@ def save_adapters(model: nn.Module, path: str | Path) -> Path:
     hub = _require_hub(model)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    shapes = target_shapes(adapter_layers(model))
+    hidden = HIDDEN_STATE_METHODS.get(hub.config.method)
+    if hidden is not None:
+        shapes = hidden.target_shapes(model, hub.config)
+    else:
+        shapes = target_shapes(adapter_layers(model))
     meta = {
         "nara_version": _version(),
         "method": hub.config.method,
@@ -139,9 +144,13 @@ def load_adapters(model: nn.Module, path: str | Path) -> nn.Module:
         return load_peft_adapters(model, path)
     config = AdapterConfig.from_dict(meta["config"])
     state = read_tensors(path / WEIGHTS_NAME)  # fail on a broken file before touching the model
-    shapes = target_shapes(
-        {n: model.get_submodule(n) for n in resolve_targets(model, config.target_modules)}
-    )
+    hidden = HIDDEN_STATE_METHODS.get(config.method)
+    if hidden is not None:
+        shapes = hidden.target_shapes(model, config)
+    else:
+        shapes = target_shapes(
+            {n: model.get_submodule(n) for n in resolve_targets(model, config.target_modules)}
+        )
     if fingerprint(shapes) != meta.get("fingerprint"):
         saved = meta.get("target_shapes", {})
         diff = [

@@ -20,7 +20,7 @@ from nara.commands._common import (
 )
 
 EXAMPLES = """examples:
-  nara eval --task arithmetic --limit 100
+  nara eval --task embedded:arithmetic --limit 100
   nara eval --model tiny --adapter runs/demo/nara/final --task embedded --output runs/eval
   nara eval --task gsm8k --oracle --limit 20
   nara eval --model /models/LLaDA-8B-Instruct --adapter runs/math/final --task math \\

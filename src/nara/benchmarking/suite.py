@@ -1,0 +1,85 @@
+"""The benchmark run: options, the sections in order, the JSON and the printed tables.
+
+Shared by ``nara bench`` and the scripts in ``benchmarks/`` (which fix ``--only``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nara.benchmarking.options import BenchOptions, add_arguments, options_from_args
+from nara.benchmarking.params import parameter_suite
+from nara.benchmarking.report import evaluate_targets, markdown
+from nara.benchmarking.sampling import sampling_suite
+from nara.benchmarking.timing import load_average, machine_info
+from nara.benchmarking.training import batching_suite, training_suite
+
+SUITES = {
+    "training": training_suite,
+    "batching": batching_suite,
+    "sampling": sampling_suite,
+    "parameters": parameter_suite,
+}
+
+
+def run_benchmarks(options: BenchOptions, command: str = "") -> dict[str, Any]:
+    """Run the chosen sections, each on each size; returns the JSON-ready results with targets."""
+    torch.set_num_threads(options.threads)
+    results: dict[str, Any] = {
+        "meta": {
+            "command": command,
+            "machine": machine_info(torch.device(options.device)),
+            "load_average_start": load_average(),
+            "options": asdict(options),
+        }
+    }
+    for section in options.sections:
+        sizes = [s for s in options.sizes if s != "8b"]
+        if section == "parameters":
+            sizes = [*sizes, "8b"]
+        results[section] = {}
+        for size in sizes:
+            print(f"[nara bench] {section}, {size} ...", file=sys.stderr, flush=True)
+            results[section][size] = SUITES[section](size, options)
+    results["meta"]["load_average_end"] = load_average()
+    results["targets"] = evaluate_targets(results)
+    return results
+
+
+def run_and_report(args: argparse.Namespace, command: str) -> int:
+    """Run, print the tables and write the JSON; returns the exit status (0)."""
+    results = run_benchmarks(options_from_args(args), command)
+    meta = results["meta"]
+    m = meta["machine"]
+    print(
+        f"{m['cpu']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch threads, "
+        f"torch {m['torch']}, peft {m['peft']}, {m['date']}; load average "
+        f"{meta['load_average_start']} → {meta['load_average_end']}\n"
+    )
+    print(markdown(results))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"\nwrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None, only: str | None = None) -> int:
+    """Entry point of the ``benchmarks/*.py`` scripts: ``only`` names the script's section."""
+    doc = sys.modules["__main__"].__doc__ or "nara benchmark"
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser, only=only)
+    argv = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", sys.argv[0], *argv])
+    return run_and_report(parser.parse_args(argv), command)

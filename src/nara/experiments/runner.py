@@ -1,0 +1,313 @@
+"""Run an experiment grid on one machine, sequentially and resumably, then report it.
+
+Each run lives in ``<output>/<grid>/<task>/<method>/seed<S>/``: the trainer's files (config.yaml,
+metrics.jsonl, final/ adapter), ``eval/`` (per-example predictions of the test split) and
+``metrics.json``, written last. A run with ``metrics.json`` is finished and skipped; a run without
+it continues from its newest checkpoint (``training.resume=latest``), or, if training finished,
+goes straight to evaluation (which itself resumes per example).
+
+The report (``results.md``, ``results.json``) gives mean ± std over seeds (sample std, ddof 1)
+of test accuracy and best validation loss per method and task, the trainable parameters of each
+method, and per task a noise profile of each method's first-seed adapter against the base.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nara.experiments.grid import Grid, RunSpec
+
+METRICS = "metrics.json"
+
+
+def _loaded_copy(base: tuple[Any, Any, int]) -> tuple[Any, Any, int]:
+    """The base (model, tokenizer, mask id) with a fresh structural copy of the model."""
+    from nara.evaluation.profile import shared_copy
+
+    model, tokenizer, mask_token_id = base
+    return shared_copy(model), tokenizer, mask_token_id
+
+
+def load_base(grid: Grid) -> tuple[Any, Any, int]:
+    """Load the grid's base model once (float32 on CPU, bfloat16 on GPU unless set)."""
+    import torch
+
+    from nara.models import load_model
+
+    section = grid.recipe.get("model") or {}
+    dtype = section.get("dtype", "auto")
+    torch_dtype = None if dtype == "auto" else getattr(torch, dtype)
+    if torch_dtype is None and torch.cuda.is_available():
+        torch_dtype = torch.bfloat16
+    device = "cuda" if torch.cuda.is_available() else None
+    loaded = load_model(
+        grid.model_name(),
+        dtype=torch_dtype,
+        device=device,
+        trust_remote_code=bool(section.get("trust_remote_code", False)),
+    )
+    if loaded.tokenizer is None:
+        raise ValueError(f"{grid.model_name()} ships no tokenizer; the grid trains on text")
+    return loaded
+
+
+def _evaluate(model: Any, tokenizer: Any, mask_token_id: int, run: RunSpec, grid: Grid) -> dict:
+    from nara.commands._common import make_generate_fn
+    from nara.evaluation.runner import run_eval
+
+    ev = grid.evaluation
+    generate_fn = make_generate_fn(model.eval(), tokenizer, mask_token_id, steps=ev["steps"])
+    if ev["gen_length"]:
+        fixed = generate_fn
+        generate_fn = lambda prompts, _length: fixed(prompts, ev["gen_length"])  # noqa: E731
+    result = run_eval(
+        None,
+        None,
+        run.task,
+        output_dir=run.run_dir / "eval",
+        limit=ev["limit"],
+        batch_size=ev["batch_size"],
+        generate_fn=generate_fn,
+        progress=False,
+        print_table=False,
+    )
+    return result["tasks"][run.task]
+
+
+def _train(run: RunSpec, base: tuple[Any, Any, int], progress: bool) -> tuple[Any, dict]:
+    """Train (or resume) the run; returns the adapted model and training facts."""
+    from nara.adapters import load_adapters
+    from nara.training.config import RecipeConfig
+    from nara.training.metrics import read_metrics
+    from nara.training.trainer import Trainer
+
+    final = run.run_dir / "final"
+    start = time.perf_counter()
+    if (final / "adapter_config.json").is_file():  # trained before, evaluation was interrupted
+        model = load_adapters(_loaded_copy(base)[0], final)
+    else:
+        trainer = Trainer(
+            RecipeConfig.from_dict(run.recipe), loaded=_loaded_copy(base), show_progress=progress
+        )
+        trainer.train()
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        shutil.rmtree(run.run_dir / "checkpoints", ignore_errors=True)  # final/ is kept
+    records = read_metrics(run.run_dir / "metrics.jsonl")
+    losses = [r["loss"] for r in records if "loss" in r]
+    vals = [r["val_loss"] for r in records if "val_loss" in r]
+    facts = {
+        "steps": max((r["step"] for r in records), default=0),
+        "final_train_loss": losses[-1] if losses else None,
+        "best_val_loss": min(vals) if vals else None,
+        "train_seconds": round(time.perf_counter() - start, 2),
+    }
+    return model, facts
+
+
+def run_one(run: RunSpec, grid: Grid, base: tuple[Any, Any, int], progress: bool = False) -> dict:
+    """Train (unless base) and evaluate one run; writes and returns its ``metrics.json``."""
+    from nara.adapters import trainable_parameters
+
+    _, tokenizer, mask_token_id = base
+    facts: dict[str, Any] = {"steps": 0, "train_seconds": 0.0, "best_val_loss": None}
+    if run.is_base:
+        model, params = base[0], 0
+    else:
+        model, facts = _train(run, base, progress)
+        params = trainable_parameters(model).trainable
+    start = time.perf_counter()
+    summary = _evaluate(model, tokenizer, mask_token_id, run, grid)
+    metrics = {
+        "task": run.task,
+        "method": run.label,
+        "seed": run.seed,
+        "accuracy": summary["score"],
+        "examples": summary["n"],
+        "trainable_params": params,
+        **facts,
+        "eval_seconds": round(time.perf_counter() - start, 2),
+    }
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def read_results(grid: Grid) -> list[dict[str, Any]]:
+    """The metrics.json of every finished run of the grid."""
+    return [
+        json.loads((r.run_dir / METRICS).read_text())
+        for r in grid.runs()
+        if (r.run_dir / METRICS).is_file()
+    ]
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof 1; None for a single value)."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else None)
+
+
+def _cell(values: list[float], digits: int) -> str:
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def aggregate(grid: Grid, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method and task: accuracy and best validation loss over seeds, and parameters."""
+    out: dict[str, Any] = {}
+    for label in grid.labels():
+        mine = [r for r in rows if r["method"] == label]
+        if not mine:
+            continue
+        per_task = {}
+        for task in grid.tasks:
+            runs = [r for r in mine if r["task"] == task]
+            acc = [r["accuracy"] for r in runs]
+            val = [r["best_val_loss"] for r in runs if r.get("best_val_loss") is not None]
+            per_task[task] = {"accuracy": acc, "val_loss": val, "seeds": [r["seed"] for r in runs]}
+        out[label] = {"trainable_params": mine[0]["trainable_params"], "tasks": per_task}
+    return out
+
+
+def render_table(grid: Grid, summary: dict[str, Any]) -> str:
+    """Markdown: test accuracy (%) and best validation loss, mean ± std over seeds."""
+    tasks = list(grid.tasks)
+    seeds = ", ".join(map(str, grid.seeds))
+    lines = [
+        f"Test accuracy (%), mean ± std over seeds {seeds} (base: one greedy run).",
+        "",
+        "| method | trainable params | " + " | ".join(tasks) + " | avg |",
+        "|---|---:|" + "---:|" * (len(tasks) + 1),
+    ]
+    for label, entry in summary.items():
+        cells = [_cell(entry["tasks"][t]["accuracy"], 2) for t in tasks]
+        means = [np.mean(entry["tasks"][t]["accuracy"]) for t in tasks if entry["tasks"][t]["accuracy"]]
+        avg = f"{np.mean(means):.2f}" if len(means) == len(tasks) else "–"
+        lines.append(f"| {label} | {entry['trainable_params']:,} | " + " | ".join(cells) + f" | {avg} |")
+    lines += ["", "Best validation loss (diffusion loss per answer token), mean ± std.", ""]
+    lines += ["| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for label, entry in summary.items():
+        if label == "base" or not any(entry["tasks"][t]["val_loss"] for t in tasks):
+            continue
+        cells = [_cell(entry["tasks"][t]["val_loss"], 4) for t in tasks]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)  # fmt: skip
+
+
+def profile_task(grid: Grid, task: str, base: tuple[Any, Any, int]) -> Path | None:
+    """Noise profile of each method's first-seed adapter vs the base on the task's validation
+    split; writes ``<task>/profile/profile.{json,png}`` (skipped when already there)."""
+    from nara.evaluation.profile import noise_profile
+    from nara.training.data import load_source
+
+    cfg = grid.profile
+    out = grid.root / task / "profile"
+    adapters = {
+        r.label: r.run_dir / "final"
+        for r in grid.runs()
+        if r.task == task and not r.is_base and r.seed == grid.seeds[0]
+        if (r.run_dir / "final" / "adapter_config.json").is_file()
+    }
+    done = out / "profile.json"
+    if done.is_file() and set(json.loads(done.read_text())["gain"]) == set(adapters):
+        return done
+    model, tokenizer, mask_token_id = base
+    data = grid.recipe.get("data") or {}
+    records = load_source(grid.tasks[task], data.get("val_split", "validation"))
+    result = noise_profile(
+        model,
+        tokenizer,
+        records[: cfg["examples"]],
+        adapters=adapters,
+        mask_token_id=mask_token_id,
+        bins=cfg["bins"],
+        samples_per_bin=cfg["samples_per_bin"],
+        seed=cfg["seed"],
+        max_length=int(data.get("max_length", 512)),
+    )
+    json_path, _ = result.save(out, title=f"{grid.name} · {task} (seed {grid.seeds[0]})")
+    (out / "profile.md").write_text(result.table() + "\n")
+    return json_path
+
+
+def report(grid: Grid) -> str:
+    """Write ``results.md`` and ``results.json`` from the finished runs; returns the markdown."""
+    summary = aggregate(grid, read_results(grid))
+    table = render_table(grid, summary)
+    profiles = [
+        f"![{task}]({task}/profile/profile.png)"
+        for task in grid.tasks
+        if (grid.root / task / "profile" / "profile.png").is_file()
+    ]
+    text = f"# {grid.name}\n\n{table}\n"
+    if profiles:
+        text += "\nNoise profiles (loss gain over the base per λ bin):\n\n" + "\n".join(profiles)
+    grid.root.mkdir(parents=True, exist_ok=True)
+    (grid.root / "results.md").write_text(text + "\n")
+    (grid.root / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return text
+
+
+def run_grid(
+    grid: Grid,
+    *,
+    only: list[str] | None = None,
+    base: tuple[Any, Any, int] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> str:
+    """Run every unfinished run of ``grid`` (or of the ``only`` methods), the profiles, the report.
+
+    Args:
+        grid: from :func:`nara.experiments.grid.load_grid`.
+        only: method labels (or method names, for all their variants) to run.
+        base: ``(model, tokenizer, mask_token_id)`` to use instead of loading the grid's model.
+        progress: show the trainer's progress bar.
+        log: where progress lines go.
+
+    Returns:
+        The markdown report.
+    """
+    base = base or load_base(grid)
+    runs = grid.runs(only)
+    start = time.perf_counter()
+    for i, run in enumerate(runs, 1):
+        where = f"[{i}/{len(runs)}] {run.task} {run.label} seed {run.seed}"
+        if (run.run_dir / METRICS).is_file():
+            log(f"{where}: done, skipped")
+            continue
+        t0 = time.perf_counter()
+        m = run_one(run, grid, base, progress)
+        log(f"{where}: accuracy {m['accuracy']:.2f}, {time.perf_counter() - t0:.1f} s")
+    if grid.profile["enabled"]:
+        for task in dict.fromkeys(r.task for r in runs):
+            log(f"profile {task}: {profile_task(grid, task, base)}")
+    text = report(grid)
+    log(f"grid {grid.name}: {len(runs)} runs in {time.perf_counter() - start:.1f} s")
+    return text
+
+
+def parameter_counts(grid: Grid, base: tuple[Any, Any, int]) -> dict[str, int]:
+    """Trainable parameters of every method label on the base model (no training)."""
+    from nara.adapters import add_adapters, trainable_parameters
+    from nara.training.config import RecipeConfig
+
+    counts = {}
+    for run in grid.runs():
+        if run.label in counts or run.task != next(iter(grid.tasks)):
+            continue
+        if run.is_base:
+            counts[run.label] = 0
+            continue
+        model = add_adapters(_loaded_copy(base)[0], RecipeConfig.from_dict(run.recipe).adapter.build())
+        counts[run.label] = trainable_parameters(model).trainable
+    return counts  # fmt: skip
