@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 
@@ -41,7 +43,8 @@ def adapted(config: TrajectoryConfig, seed: int = 0, randomize: int | None = 1) 
 
 
 def logits(model, ids, lam=LAM, prompt=None):
-    with nara.noise_level(model, lam), route_context(model, prompt):
+    routing = nullcontext() if prompt is None else route_context(model, prompt)
+    with nara.noise_level(model, lam), routing:
         return model(ids).logits
 
 
@@ -240,12 +243,13 @@ def test_router_alone_trains_and_reads_only_the_prompt(two_tasks, ids, prompt):
     assert model.nara_hub.conditioners["router"].proj.weight.grad.abs().sum() > 0
     changed = ids.clone()
     changed[:, 4:] = (changed[:, 4:] + 1) % 120  # answer positions only
-    with nara.noise_level(model, LAM), route_context(model, prompt):
-        model(changed)
-    weights = model.nara_hub._cache["router"]
-    with nara.noise_level(model, LAM), route_context(model, prompt):
-        model(ids)
-    torch.testing.assert_close(model.nara_hub._cache["router"], weights)  # prompt only
+    weights = []
+    for x in (ids, changed):
+        with nara.noise_level(model, LAM), route_context(model, prompt):
+            model(x)
+            weights.append(model.nara_hub.lookup("router"))  # (B, 2) of this forward
+    assert not torch.allclose(weights[0], torch.full((4, 2), 0.5))
+    torch.testing.assert_close(weights[1], weights[0])  # the answer positions do not matter
 
 
 def test_composition_save_load_is_self_contained(two_tasks, ids, prompt, tmp_path):
