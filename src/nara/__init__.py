@@ -29,7 +29,9 @@ _EXPORTS: dict[str, str] = {
     "MultiLoRAConfig": "nara.adapters",
     "TLoRAConfig": "nara.adapters",
     "TrajectoryConfig": "nara.adapters",
+    "TrajectoryRouterConfig": "nara.adapters",
     "compose_trajectories": "nara.adapters",
+    "route_context": "nara.adapters",
     "load_peft_adapters": "nara.adapters",
     "ParameterCount": "nara.adapters",
     # models

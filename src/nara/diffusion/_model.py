@@ -26,10 +26,14 @@ def denoise(
     attention_mask: torch.Tensor | None,
     lam: torch.Tensor,
     density: torch.Tensor,
+    prompt: torch.Tensor,
 ) -> torch.Tensor:
     """Logits (B, T, V) of ``model(input_ids, attention_mask=...)`` with λ (B,) set on the
-    adapters (and the local mask density, for NaRA's density input)."""
-    with noise_context(model, lam, density):
+    adapters (and the local mask density, for NaRA's density input), and the prompt positions,
+    bool (B, T), given to a trajectory router (LoRA-Diffusion composition) if the model has one."""
+    from nara.adapters.trajectory import route_context
+
+    with noise_context(model, lam, density), route_context(model, prompt):
         return model(input_ids, attention_mask=attention_mask).logits
 
 

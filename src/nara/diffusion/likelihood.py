@@ -67,7 +67,7 @@ def _score_rows(
     noisy = ids.masked_fill(masked, mask_token_id)
     lam = masked_fraction(masked, answer)  # = l / L
     density = local_mask_density(masked, answer)
-    logits = denoise(model, noisy, real.long(), lam, density)  # (R, T, V)
+    logits = denoise(model, noisy, real.long(), lam, density, real & ~answer)  # (R, T, V)
     ce = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")  # (M,)
     per_row = torch.zeros(len(rows), dtype=torch.float64, device=device)
     per_row.index_add_(0, masked.nonzero(as_tuple=True)[0], ce.double())

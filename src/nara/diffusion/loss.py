@@ -161,7 +161,8 @@ def diffusion_loss(
     )
     lam = masked_fraction(masked, maskable)  # (B,)
     density = local_mask_density(masked, maskable)  # (B,)
-    logits = denoise(model, noisy, attention_mask, lam, density)  # (B, T, V)
+    prompt = ~maskable if attention_mask is None else attention_mask.bool() & ~maskable
+    logits = denoise(model, noisy, attention_mask, lam, density, prompt)  # (B, T, V)
 
     rows = masked.nonzero(as_tuple=True)[0]  # (N,) sample index of each masked position
     masked_logits = logits[masked].float()  # (N, V): float32 only where it is needed

@@ -186,12 +186,13 @@ def _block_logits(
     masked = (x == mask_token_id) & answer  # (B, T)
     lam = masked_fraction(masked, answer)  # (B,)
     density = local_mask_density(masked, answer)
+    prompt = prompt_real
     if cfg_scale > 0:
         uncond = x.masked_fill(prompt_real, mask_token_id)
         x = torch.cat([x, uncond])  # (2B, T)
         attention_mask = None if attention_mask is None else attention_mask.repeat(2, 1)
-        lam, density = lam.repeat(2), density.repeat(2)
-    logits = denoise(model, x, attention_mask, lam, density)[:, start:end].float()
+        lam, density, prompt = lam.repeat(2), density.repeat(2), prompt.repeat(2, 1)
+    logits = denoise(model, x, attention_mask, lam, density, prompt)[:, start:end].float()
     if cfg_scale > 0:
         cond, unc = logits.chunk(2)
         logits = unc + (cfg_scale + 1.0) * (cond - unc)

@@ -29,7 +29,17 @@ from typing import Any
 import yaml
 
 BASE = "base"  # the method name of "no adapter, evaluation only"
-KEYS = ("name", "output", "tasks", "seeds", "recipe", "methods", "ablation", "evaluation", "profile")
+KEYS = (
+    "name",
+    "output",
+    "tasks",
+    "seeds",
+    "recipe",
+    "methods",
+    "ablation",
+    "evaluation",
+    "profile",
+)
 EVALUATION_DEFAULTS = {"limit": 100, "batch_size": 32, "gen_length": None, "steps": None}
 PROFILE_DEFAULTS = {"enabled": True, "examples": 32, "bins": 10, "samples_per_bin": 1, "seed": 0}
 
@@ -160,7 +170,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"override {item!r} is not key=value; e.g. recipe.training.max_steps=10")
+            raise ValueError(
+                f"override {item!r} is not key=value; e.g. recipe.training.max_steps=10"
+            )
         key = key.strip()
         if key.split(".")[0] not in KEYS:
             raise ValueError(f"override {item!r}: unknown grid key; grid keys: {', '.join(KEYS)}")

@@ -67,10 +67,12 @@ def _evaluate(model: Any, tokenizer: Any, mask_token_id: int, run: RunSpec, grid
     if ev["gen_length"]:
         fixed = generate_fn
         generate_fn = lambda prompts, _length: fixed(prompts, ev["gen_length"])  # noqa: E731
+    # embedded tasks are registered for evaluation under their data-source name (embedded:<task>)
+    name = grid.tasks[run.task]
     result = run_eval(
         None,
         None,
-        run.task,
+        name,
         output_dir=run.run_dir / "eval",
         limit=ev["limit"],
         batch_size=ev["batch_size"],
@@ -78,7 +80,7 @@ def _evaluate(model: Any, tokenizer: Any, mask_token_id: int, run: RunSpec, grid
         progress=False,
         print_table=False,
     )
-    return result["tasks"][run.task]
+    return result["tasks"][name]
 
 
 def _train(run: RunSpec, base: tuple[Any, Any, int], progress: bool) -> tuple[Any, dict]:
@@ -190,9 +192,13 @@ def render_table(grid: Grid, summary: dict[str, Any]) -> str:
     ]
     for label, entry in summary.items():
         cells = [_cell(entry["tasks"][t]["accuracy"], 2) for t in tasks]
-        means = [np.mean(entry["tasks"][t]["accuracy"]) for t in tasks if entry["tasks"][t]["accuracy"]]
+        means = [
+            np.mean(entry["tasks"][t]["accuracy"]) for t in tasks if entry["tasks"][t]["accuracy"]
+        ]
         avg = f"{np.mean(means):.2f}" if len(means) == len(tasks) else "–"
-        lines.append(f"| {label} | {entry['trainable_params']:,} | " + " | ".join(cells) + f" | {avg} |")
+        lines.append(
+            f"| {label} | {entry['trainable_params']:,} | " + " | ".join(cells) + f" | {avg} |"
+        )
     lines += ["", "Best validation loss (diffusion loss per answer token), mean ± std.", ""]
     lines += ["| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
     for label, entry in summary.items():
@@ -308,6 +314,8 @@ def parameter_counts(grid: Grid, base: tuple[Any, Any, int]) -> dict[str, int]:
         if run.is_base:
             counts[run.label] = 0
             continue
-        model = add_adapters(_loaded_copy(base)[0], RecipeConfig.from_dict(run.recipe).adapter.build())
+        model = add_adapters(
+            _loaded_copy(base)[0], RecipeConfig.from_dict(run.recipe).adapter.build()
+        )
         counts[run.label] = trainable_parameters(model).trainable
     return counts  # fmt: skip

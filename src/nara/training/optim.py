@@ -17,7 +17,7 @@ def _hypernetwork_ids(model: torch.nn.Module) -> set[int]:
     from nara.adapters.noise import find_hub
 
     hub = find_hub(model)
-    return set() if hub is None else {id(p) for p in hub.parameters()}
+    return set() if hub is None else {id(p) for p in hub.conditioners.parameters()}
 
 
 def parameter_groups(

@@ -3,7 +3,8 @@
 Searched, in order: the folders in ``$NARA_RECIPES`` (``os.pathsep``-separated), ``./configs``,
 and the ``configs/`` folder of a source checkout of nara. A recipe's name is its path under its
 folder without ``.yaml`` (``demo``, ``llada8b/math_nara``); ``configs/accelerate/`` holds
-Accelerate launch configs, not recipes, and is skipped.
+Accelerate launch configs and ``configs/experiments/`` the grids of ``nara experiment``:
+neither is a training recipe, so both are skipped.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-SKIP_DIRS = ("accelerate",)
+SKIP_DIRS = ("accelerate", "experiments")
 
 
 @dataclass(frozen=True)

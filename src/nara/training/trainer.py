@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,9 @@ class Trainer:
                 dtype = torch.bfloat16
             loaded = load_model(m.name, dtype=dtype, trust_remote_code=m.trust_remote_code)
         model, self.tokenizer, self.mask_token_id = loaded
-        add_adapters(model, self.config.adapter.build())
+        adapter = self.config.adapter.build()
+        add_adapters(model, adapter)
+        self.regularizer = _regularizer(adapter)
         if self.accelerator.mixed_precision != "no":
             for param in model.parameters():
                 if param.requires_grad:
@@ -238,7 +241,8 @@ class Trainer:
                 normalization=self.cfg.normalization,
                 generator=self._generator(noise_seed(self.cfg.seed, index)),
             )
-            acc.backward(out.loss)
+            loss = out.loss if self.regularizer is None else out.loss + self.regularizer(self.model)
+            acc.backward(loss)
             self.log.add_micro(out.loss, out.lam, batch["attention_mask"])
             if not acc.sync_gradients:
                 return False
@@ -364,6 +368,17 @@ class Trainer:
 def train(config: RecipeConfig, *, loaded: Any = None, show_progress: bool = True) -> TrainResult:
     """Run a recipe end to end (see :class:`Trainer`)."""
     return Trainer(config, loaded=loaded, show_progress=show_progress).train()
+
+
+def _regularizer(adapter: Any) -> Callable[[torch.nn.Module], torch.Tensor] | None:
+    """The adapter's own penalty added to the training loss (LoRA-Diffusion's orthogonality and
+    nuclear-norm terms), or None when the method has none or its weights are zero."""
+    from nara.adapters.trajectory import TrajectoryConfig, trajectory_regularizer
+
+    weighted = isinstance(adapter, TrajectoryConfig) and (
+        adapter.orthogonality_weight > 0 or adapter.nuclear_weight > 0
+    )
+    return trajectory_regularizer if weighted else None
 
 
 def _every(step: int, every: int | None) -> bool:
