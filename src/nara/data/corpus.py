@@ -256,7 +256,7 @@ def arithmetic_example(rng: random.Random) -> tuple[str, str]:
     """A one-step word problem with addition or subtraction; the answer is the number."""
     name, other = distinct(rng, NAMES, 2)
     item = rng.choice(ITEMS)
-    a, b = rng.randint(1, 99), rng.randint(1, 99)
+    a, b = rng.randint(1, 30), rng.randint(1, 30)
     templates = (
         (f"{name} has {a} {item}s. {name} gets {b} more. How many {item}s does {name} have now?", a + b),
         (f"{name} picked {a} {item}s in the morning and {b} in the afternoon. How many {item}s did {name} pick in total?", a + b),

@@ -4,7 +4,10 @@ A grid file has these keys (see configs/experiments/methods.yaml for a commented
 
 - ``name``: results go to ``<output>/<name>/<task>/<method>/<seed>/``.
 - ``output``: the results root (default ``results``).
-- ``tasks``: embedded task names (``embedded:`` data sources) or ``{name: data source}``.
+- ``tasks``: embedded task names, or ``{name: spec}`` where spec is a training data source or a
+  mapping ``{source, eval, recipe}``: ``eval`` is the ``nara eval`` task scored on (default: the
+  source, right for ``embedded:<task>``), ``recipe`` a partial recipe merged in for this task
+  (e.g. its learning rate).
 - ``seeds``: list of training seeds.
 - ``recipe``: the shared ``nara train`` recipe (model, adapter, data, training sections); the
   adapter section holds fields shared by every method (only those a method has are used).
@@ -65,7 +68,7 @@ class Grid:
 
     name: str
     output: Path
-    tasks: dict[str, str]
+    tasks: dict[str, dict[str, Any]]
     seeds: list[int]
     recipe: dict[str, Any]
     methods: dict[str, dict[str, Any]]
@@ -109,7 +112,7 @@ class Grid:
         if unknown:
             raise ValueError(f"--methods {unknown} are not in the grid; its methods: {known}")
         runs = []
-        for task, source in self.tasks.items():
+        for task, spec_of_task in self.tasks.items():
             for label, spec in combos:
                 base_label = label.split("-", 1)[0]
                 if only and label not in only and base_label not in only:
@@ -119,23 +122,26 @@ class Grid:
                     run_dir = self.root / task / label / f"seed{seed}"
                     recipe = None
                     if spec["method"] != BASE:
-                        recipe = self.run_recipe(spec, source, seed, run_dir)
+                        recipe = self.run_recipe(spec, spec_of_task, seed, run_dir)
                     runs.append(RunSpec(task, label, seed, run_dir, recipe))
         return runs
 
     def run_recipe(
-        self, spec: dict[str, Any], source: str, seed: int, run_dir: Path
+        self, spec: dict[str, Any], task: dict[str, Any], seed: int, run_dir: Path
     ) -> dict[str, Any]:
-        """The ``nara train`` recipe of one run: shared recipe + method fields, per-run data,
-        seed, output folder and ``resume: latest`` (a killed run continues from its checkpoint)."""
+        """The ``nara train`` recipe of one run: shared recipe + the task's part + method fields,
+        the task's data, the seed, the output folder and ``resume: latest`` (a killed run
+        continues from its checkpoint)."""
         from nara.training.adapters import adapter_fields
 
         recipe = copy.deepcopy(self.recipe)
+        for section, values in (task.get("recipe") or {}).items():
+            recipe.setdefault(section, {}).update(values)
         method = spec["method"]
         valid = {f.name for f in adapter_fields(method)}
         shared = {k: v for k, v in (recipe.get("adapter") or {}).items() if k in valid}
         recipe["adapter"] = {**shared, **spec}
-        recipe.setdefault("data", {})["source"] = source
+        recipe.setdefault("data", {})["source"] = task["source"]
         training = recipe.setdefault("training", {})
         training["seed"] = seed
         training["resume"] = "latest"
@@ -186,6 +192,18 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def _task_spec(name: str, spec: Any) -> dict[str, Any]:
+    """``{source, eval, recipe}`` of a task given as a data source or a mapping."""
+    spec = {"source": spec} if isinstance(spec, str) else dict(spec or {})
+    if "source" not in spec or set(spec) - {"source", "eval", "recipe"}:
+        raise ValueError(
+            f"tasks.{name} must be a data source or a mapping with 'source' (and optionally "
+            f"'eval', 'recipe'), got {spec!r}"
+        )
+    return {"source": str(spec["source"]), "eval": str(spec.get("eval", spec["source"])),
+            "recipe": dict(spec.get("recipe") or {})}  # fmt: skip
+
+
 def grid_from_dict(raw: dict[str, Any], *, default_name: str = "grid") -> Grid:
     """Validate a grid mapping (a loaded YAML) into a :class:`Grid`.
 
@@ -201,10 +219,9 @@ def grid_from_dict(raw: dict[str, Any], *, default_name: str = "grid") -> Grid:
     if unknown:
         raise ValueError(f"unknown grid key(s) {unknown}; grid keys: {', '.join(KEYS)}")
     tasks = raw.get("tasks") or []
-    if isinstance(tasks, dict):
-        tasks = {str(k): str(v) for k, v in tasks.items()}
-    else:
+    if not isinstance(tasks, dict):
         tasks = {str(t): f"embedded:{t}" for t in _as_list(tasks)}
+    tasks = {str(name): _task_spec(name, spec) for name, spec in tasks.items()}
     methods = raw.get("methods") or {}
     for label, spec in methods.items():
         if not isinstance(spec, dict) or "method" not in spec:

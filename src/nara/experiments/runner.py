@@ -67,8 +67,7 @@ def _evaluate(model: Any, tokenizer: Any, mask_token_id: int, run: RunSpec, grid
     if ev["gen_length"]:
         fixed = generate_fn
         generate_fn = lambda prompts, _length: fixed(prompts, ev["gen_length"])  # noqa: E731
-    # embedded tasks are registered for evaluation under their data-source name (embedded:<task>)
-    name = grid.tasks[run.task]
+    name = grid.tasks[run.task]["eval"]  # embedded:<task> is both a data source and an eval task
     result = run_eval(
         None,
         None,
@@ -228,7 +227,7 @@ def profile_task(grid: Grid, task: str, base: tuple[Any, Any, int]) -> Path | No
         return done
     model, tokenizer, mask_token_id = base
     data = grid.recipe.get("data") or {}
-    records = load_source(grid.tasks[task], data.get("val_split", "validation"))
+    records = load_source(grid.tasks[task]["source"], data.get("val_split", "validation"))
     result = noise_profile(
         model,
         tokenizer,
