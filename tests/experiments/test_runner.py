@@ -57,8 +57,12 @@ def test_grid_layout_and_files(finished):
     _, grid = finished
     runs = grid.runs()
     assert [(r.label, r.seed) for r in runs] == [
-        ("base", 0), ("lora", 0), ("lora", 1), ("nara", 0), ("nara", 1)
-    ]  # fmt: skip
+        ("base", 0),
+        ("lora", 0),
+        ("nara", 0),
+        ("lora", 1),
+        ("nara", 1),
+    ]  # fmt: skip  (seed-major: a grid stopped early holds whole seeds)
     for run in runs:
         assert run.run_dir == grid.root / "arithmetic" / run.label / f"seed{run.seed}"
         metrics = json.loads((run.run_dir / METRICS).read_text())

@@ -101,7 +101,9 @@ class Grid:
         return out
 
     def runs(self, only: list[str] | None = None) -> list[RunSpec]:
-        """Every run, task-major; the base runs once per task (greedy decoding: no seed effect).
+        """Every run, seed-major (all tasks and methods of the first seed, then the next, so a
+        grid stopped early still holds whole seeds); the base runs once per task (greedy
+        decoding: no seed effect).
 
         Raises:
             ValueError: ``only`` names a label the grid does not have.
@@ -124,7 +126,7 @@ class Grid:
                     if spec["method"] != BASE:
                         recipe = self.run_recipe(spec, spec_of_task, seed, run_dir)
                     runs.append(RunSpec(task, label, seed, run_dir, recipe))
-        return runs
+        return sorted(runs, key=lambda run: self.seeds.index(run.seed))  # stable: keeps order
 
     def run_recipe(
         self, spec: dict[str, Any], task: dict[str, Any], seed: int, run_dir: Path
