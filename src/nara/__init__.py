@@ -29,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "MultiLoRAConfig": "nara.adapters",
     "TLoRAConfig": "nara.adapters",
     "TrajectoryConfig": "nara.adapters",
+    "PromptTuningConfig": "nara.adapters",
+    "PTuningConfig": "nara.adapters",
     "TrajectoryRouterConfig": "nara.adapters",
     "compose_trajectories": "nara.adapters",
     "route_context": "nara.adapters",

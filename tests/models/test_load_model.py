@@ -180,3 +180,17 @@ def test_known_families_supply_mask_token_id():
     assert find(SimpleNamespace(model_type="Dream"), None, "x") == 151666
     assert find(SimpleNamespace(model_type="llada"), None, "x") == 126336
     assert find(SimpleNamespace(), SimpleNamespace(mask_token_id=7), "x") == 7
+
+
+def test_shipped_tiny_model_is_consistent():
+    if not (loading.TINY_DIR / "model.safetensors").is_file():
+        pytest.skip("the tiny model is not built (python scripts/build_tiny.py)")
+    model, tokenizer, mask_token_id = load_model("tiny")
+    config = model.config
+    assert isinstance(model, LLaDAModelLM)
+    assert mask_token_id == config.mask_token_id == tokenizer.mask_token_id
+    assert config.eos_token_id == tokenizer.eos_token_id == tokenizer.pad_token_id
+    assert len(tokenizer) == config.vocab_size
+    text = "Question: What does this Python code print?\nprint(12 + 7)\nAnswer:\n"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    assert (loading.TINY_DIR / "model.safetensors").stat().st_size <= 25e6

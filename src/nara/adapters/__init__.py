@@ -28,6 +28,7 @@ from nara.adapters.inject import (
 )
 from nara.adapters.noise import noise_level
 from nara.adapters.peft import load_peft_adapters
+from nara.adapters.prompt import PromptTuningConfig, PTuningConfig
 from nara.adapters.save import load_adapters, save_adapters
 from nara.adapters.trajectory import (
     TrajectoryConfig,
@@ -45,7 +46,9 @@ __all__ = [
     "MultiLoRAConfig",
     "NaRAConfig",
     "NaRADoRAConfig",
+    "PTuningConfig",
     "ParameterCount",
+    "PromptTuningConfig",
     "TLoRAConfig",
     "TrajectoryConfig",
     "TrajectoryRouterConfig",

@@ -16,19 +16,22 @@ from nara.benchmarking.models import (
     model_config,
     peft_lora,
 )
+from nara.benchmarking.options import BenchOptions
 from nara.models import LLaDAModelLM
 
 
 def meta_model(size: str, quick: bool) -> LLaDAModelLM:
+    """The model of ``size`` on the meta device: shapes only."""
     with torch.device("meta"):
         return LLaDAModelLM(model_config(size, quick))
 
 
 def count_trainable(model: torch.nn.Module) -> int:
+    """Elements of the tensors that require grad."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def parameter_suite(size: str, options: Any) -> dict[str, Any]:
+def parameter_suite(size: str, options: BenchOptions) -> dict[str, Any]:
     """Section 4: base size, each method's trainable count and NaRA's overhead over LoRA."""
     base = sum(p.numel() for p in meta_model(size, options.quick).parameters())
     rows: dict[str, dict[str, Any]] = {}

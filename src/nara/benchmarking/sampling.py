@@ -17,6 +17,7 @@ from torch import nn
 
 from nara.adapters import add_adapters, merge_adapters
 from nara.benchmarking.models import adapter_config, base_model, shared_copy
+from nara.benchmarking.options import BenchOptions
 from nara.benchmarking.timing import interleaved, paired_ratio
 from nara.benchmarking.training import describe
 from nara.diffusion import generate
@@ -53,7 +54,7 @@ def conditioner_seconds(model: nn.Module, batch: int, calls: int = 200) -> float
     return statistics.median(times)
 
 
-def sampling_suite(size: str, options: Any) -> dict[str, Any]:
+def sampling_suite(size: str, options: BenchOptions) -> dict[str, Any]:
     """Section 3: time to generate, per variant, interleaved; and C(λ)'s cost per step."""
     device = torch.device(options.device)
     base, source = base_model(size, options.quick)

@@ -22,6 +22,7 @@ from torch import nn
 
 from nara.adapters import NaRAConfig, add_adapters
 from nara.benchmarking.models import TARGETS, base_model, shared_copy, variant_builders
+from nara.benchmarking.options import BenchOptions
 from nara.benchmarking.timing import Measurement, interleaved, paired_ratio, peak_memory
 from nara.diffusion import diffusion_loss
 
@@ -109,13 +110,14 @@ def ratios(results: dict[str, Measurement], name: str) -> dict[str, float]:
 
 
 def describe(model: nn.Module, source: str) -> dict[str, Any]:
+    """The model's shape, size and origin, for the tables."""
     c = model.config
     shape = {k: getattr(c, k) for k in ("d_model", "n_heads", "n_layers", "mlp_hidden_size")}
     params = sum(p.numel() for p in model.parameters())
     return {"model": source, **shape, "vocab_size": c.vocab_size, "parameters": params}
 
 
-def training_suite(size: str, options: Any) -> dict[str, Any]:
+def training_suite(size: str, options: BenchOptions) -> dict[str, Any]:
     """Section 1: time, tokens/s and peak memory of a training step, every variant interleaved."""
     device = torch.device(options.device)
     base, source = base_model(size, options.quick)
@@ -152,7 +154,7 @@ def training_suite(size: str, options: Any) -> dict[str, Any]:
     }
 
 
-def batching_suite(size: str, options: Any) -> dict[str, Any]:
+def batching_suite(size: str, options: BenchOptions) -> dict[str, Any]:
     """Section 2: NaRA, one step on a batch of B against B accumulated steps of batch 1."""
     device = torch.device(options.device)
     base, source = base_model(size, options.quick)

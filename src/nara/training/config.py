@@ -263,7 +263,8 @@ class DataSection(Section):
         "embedded:arithmetic",
         "Training data: 'embedded:<task>' (nara's embedded tasks), a .json/.jsonl file of "
         "{instruction, input, output, answer} (LLM-Adapters) or {prompt, answer} records, or a "
-        "Hugging Face dataset name.",
+        "Hugging Face dataset name; several joined with '+' are mixed (interleaved), e.g. "
+        "'embedded:arithmetic+embedded:programs'.",
     )
     split: str = option("train", "Split of the source to train on (embedded tasks, hub datasets).")
     val_source: str | None = option(

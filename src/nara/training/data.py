@@ -1,7 +1,8 @@
 """Records for a recipe's ``data`` section, tokenized, and the epoch-seeded sampler.
 
 Sources: ``embedded:<task>`` (nara's embedded suite), a ``.json``/``.jsonl`` file (LLM-Adapters or
-``{prompt, answer}`` records) or a Hugging Face dataset name (``hf:`` prefix optional).
+``{prompt, answer}`` records) or a Hugging Face dataset name (``hf:`` prefix optional); or a mix
+of several joined with ``+`` (``embedded:arithmetic+embedded:programs``), interleaved.
 """
 
 from __future__ import annotations
@@ -18,6 +19,32 @@ from nara.training.config import DataSection
 
 EMBEDDED_PREFIX = "embedded:"
 HUB_PREFIX = "hf:"
+MIX_SEPARATOR = "+"
+
+
+def mix_parts(source: str) -> list[str]:
+    """The sources of a mix ``a+b+…``; ``[source]`` for a single source (or an existing path
+    that happens to contain ``+``).
+
+    Raises:
+        ValueError: a mix with an empty part (``a++b``, a trailing ``+``).
+    """
+    if MIX_SEPARATOR not in source or Path(source).exists():
+        return [source]
+    parts = [part.strip() for part in source.split(MIX_SEPARATOR)]
+    if not all(parts):
+        raise ValueError(
+            f"data source {source!r} has an empty part; join sources with a single '+', e.g. "
+            "embedded:arithmetic+embedded:programs"
+        )
+    return parts
+
+
+def _interleave(groups: list[list[Any]]) -> list[Any]:
+    """Round-robin a1, b1, a2, b2, …, then the longer groups' tails: any prefix (``max_examples``,
+    ``val_max_examples``) holds the sources in equal shares."""
+    longest = max(len(g) for g in groups)
+    return [g[i] for i in range(longest) for g in groups if i < len(g)]
 
 
 def source_kind(source: str) -> str:
@@ -34,10 +61,15 @@ def source_kind(source: str) -> str:
 def load_source(source: str, split: str) -> list[Any]:
     """Records (with ``.prompt`` and ``.answer``) of ``source``; ``split`` applies to tasks/hub.
 
+    A mix ``a+b`` gives each part's records of ``split``, interleaved (see :func:`mix_parts`).
+
     Raises:
         FileNotFoundError: for a .json/.jsonl path that does not exist.
         ValueError: from the loaders, for an unknown task or split, or malformed records.
     """
+    parts = mix_parts(source)
+    if len(parts) > 1:
+        return _interleave([load_source(part, split) for part in parts])
     kind = source_kind(source)
     if kind == "embedded":
         from nara.data.embedded import load_embedded
@@ -52,7 +84,11 @@ def load_source(source: str, split: str) -> list[Any]:
 
 
 def has_split(source: str, split: str) -> bool:
-    """Whether ``source`` offers ``split`` (embedded tasks only; files have one split)."""
+    """Whether ``source`` offers ``split`` (embedded tasks only; files have one split; a mix
+    when every part does)."""
+    parts = mix_parts(source)
+    if len(parts) > 1:
+        return all(has_split(part, split) for part in parts)
     if source_kind(source) != "embedded":
         return False
     from nara.data.embedded import embedded_splits

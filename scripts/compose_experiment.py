@@ -1,0 +1,276 @@
+"""LoRA-Diffusion composition (issue 8): two tasks' trajectory modules, composed by a router.
+
+    python scripts/compose_experiment.py                          # arithmetic + programs, seeds 0 1
+    python scripts/compose_experiment.py recipe.training.max_steps=2 evaluation.limit=4 --seeds 0 \\
+        --output /tmp/compose_smoke                               # smoke test
+    python scripts/compose_experiment.py --report                 # table from finished parts only
+
+Per seed, every part trained and scored with the per-run budget of the methods grid (its
+``recipe`` and ``evaluation`` sections and its ``trajectory`` and ``lora`` methods, read from
+configs/experiments/methods.yaml; trailing KEY=VALUE overrides go to that grid):
+
+- ``module_<task>``: a trajectory module trained on one task (the methods grid's run);
+- ``uniform``: both modules composed (``compose_trajectories``), the router untrained, i.e. each
+  module's perturbation at weight 1/2 on every prompt — no training;
+- ``router``: the same composition with its router trained on the mix of the tasks' training
+  data (``data.source = embedded:a+embedded:b``) while the modules stay frozen;
+- ``lora_mix``: one LoRA trained on the same mix, rank ``--lora-rank`` (default 16: about the two
+  modules' parameters together), for as many steps as the modules together (so it sees as many
+  examples of each task as each module did).
+
+Each part is scored on the test split of every task (greedy decoding, as the grid). The router's
+mean softmax weight per module on each task's test prompts tells whether it routes. Everything
+goes to ``<output>/seed<S>/<part>/`` (trainer files, ``final/`` adapter, ``on_<task>/eval`` and
+``on_<task>/metrics.json``); re-running resumes. ``<output>/results.md`` and ``results.json``
+hold the table: accuracy (%) per task, mean ± std over seeds (sample std).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = REPO / "configs" / "experiments" / "methods.yaml"
+DEFAULT_TASKS = ("arithmetic", "programs")
+PROMPT_BATCH = 64
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of --config")
+    p.add_argument("--config", type=Path, default=METHODS, help="grid whose budget to use")
+    p.add_argument("--tasks", nargs=2, default=list(DEFAULT_TASKS), help="the two tasks")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--lora-rank", type=int, default=16, help="rank of the LoRA on the mix")
+    p.add_argument("--output", type=Path, default=REPO / "results" / "compose")
+    p.add_argument("--report", action="store_true", help="only rebuild results.md and exit")
+    return p.parse_args(argv)
+
+
+def load_setup(args: argparse.Namespace) -> Any:
+    """The grid holding the budget, with the two tasks and the seeds of this experiment."""
+    from nara.experiments.grid import load_grid
+
+    pinned = [f"tasks=[{','.join(args.tasks)}]", f"seeds=[{','.join(map(str, args.seeds))}]"]
+    grid = load_grid(args.config, [*args.overrides, *pinned])
+    for label in ("trajectory", "lora"):
+        if label not in grid.methods:
+            raise ValueError(f"{args.config} has no '{label}' method; the experiment needs both")
+    return grid
+
+
+def part_recipes(grid: Any, seed: int, seed_dir: Path, lora_rank: int) -> dict[str, dict]:
+    """The ``nara train`` recipe of every trained part of one seed, in training order."""
+    tasks = list(grid.tasks)
+    mix = {"source": "+".join(grid.tasks[t]["source"] for t in tasks), "recipe": {}}
+    recipes = {
+        f"module_{t}": grid.run_recipe(
+            grid.methods["trajectory"], grid.tasks[t], seed, seed_dir / f"module_{t}"
+        )
+        for t in tasks
+    }
+    sources = [str(seed_dir / f"module_{t}" / "final") for t in tasks]
+    router = {"method": "trajectory_router", "sources": sources}
+    recipes["router"] = grid.run_recipe(router, mix, seed, seed_dir / "router")
+    lora = dict(grid.methods["lora"])
+    shared_alpha = (grid.recipe.get("adapter") or {}).get("alpha", 16)
+    scale = lora.get("alpha", shared_alpha) / lora.get("r", 8)  # keep LoRA's s = alpha / r
+    lora.update(r=lora_rank, alpha=scale * lora_rank)
+    recipe = grid.run_recipe(lora, mix, seed, seed_dir / "lora_mix")
+    training = recipe["training"]
+    for key in ("max_steps", "eval_every", "save_every"):
+        if training.get(key):
+            training[key] *= len(tasks)  # as many steps as the modules together
+    recipes["lora_mix"] = recipe
+    return recipes
+
+
+def router_weights(model: Any, tokenizer: Any, prompts: list[str]) -> np.ndarray:
+    """Mean softmax weight per composed module over ``prompts``, (M,), read from the router
+    after a forward with the prompts' positions as the routing context."""
+    import torch
+
+    from nara.adapters import noise_level
+    from nara.adapters.noise import find_hub
+    from nara.adapters.trajectory import route_context
+    from nara.data.collate import encode_prompt
+
+    router = find_hub(model).conditioners["router"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    weights = []
+    for start in range(0, len(prompts), PROMPT_BATCH):
+        encoded = [encode_prompt(tokenizer, p) for p in prompts[start : start + PROMPT_BATCH]]
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)  # (B, P), left-padded
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        for row, e in enumerate(encoded):
+            ids[row, width - len(e) :] = torch.tensor(e)
+            mask[row, width - len(e) :] = True
+        with torch.no_grad(), noise_level(model, 1.0), route_context(model, mask):
+            model(ids, attention_mask=mask.long())
+            weights.append(router(None, None))  # (B, M), from this forward's prompt features
+    return torch.cat(weights).mean(0).numpy()
+
+
+class Experiment:
+    """The parts of one seed: trained (or loaded) once, then scored on every task."""
+
+    def __init__(self, grid: Any, base: Any, seed: int, output: Path, lora_rank: int) -> None:
+        self.grid, self.base, self.seed = grid, base, seed
+        self.dir = output / f"seed{seed}"
+        self.recipes = part_recipes(grid, seed, self.dir, lora_rank)
+        self.base_params = sum(p.numel() for p in base[0].parameters())
+
+    def model(self, part: str) -> tuple[Any, float]:
+        """The part's adapted model and its training seconds (0 when loaded or untrained)."""
+        from nara.adapters.trajectory import compose_trajectories
+        from nara.experiments.grid import RunSpec
+        from nara.experiments.runner import _loaded_copy, _train
+
+        if part == "uniform":
+            sources = self.recipes["router"]["adapter"]["sources"]
+            return compose_trajectories(_loaded_copy(self.base)[0], sources), 0.0
+        run = RunSpec("mix", part, self.seed, self.dir / part, self.recipes[part])
+        model, facts = _train(run, self.base, progress=False)
+        return model, facts["train_seconds"]
+
+    def score(self, part: str, log: Any = print) -> dict[str, Any]:
+        """Accuracy of the part on every task's test split (cached per task), its parameters and,
+        for a composition, the router's mean weights per task."""
+        from nara.adapters import trainable_parameters
+        from nara.experiments.grid import RunSpec
+        from nara.experiments.runner import _evaluate
+        from nara.training.data import load_source
+
+        out = self.dir / part / "scores.json"
+        if out.is_file():
+            return json.loads(out.read_text())
+        model, train_seconds = self.model(part)
+        tokenizer, mask_id = self.base[1], self.base[2]
+        result: dict[str, Any] = {
+            "part": part,
+            "seed": self.seed,
+            "trainable_params": trainable_parameters(model).trainable if part != "uniform" else 0,
+            "adapter_params": trainable_parameters(model).total - self.base_params,
+            "train_seconds": train_seconds,
+            "accuracy": {},
+            "router_weights": {},
+        }
+        for task, spec in self.grid.tasks.items():
+            where = self.dir / part / f"on_{task}"
+            run = RunSpec(task, part, self.seed, where, None)
+            t0 = time.perf_counter()
+            summary = _evaluate(model, tokenizer, mask_id, run, self.grid)
+            result["accuracy"][task] = summary["score"]
+            log(f"seed {self.seed} {part} on {task}: {summary['score']:.2f} "
+                f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+            if part in ("uniform", "router"):
+                records = load_source(spec["source"], "test")  # the records scored above
+                prompts = [r["prompt"] if isinstance(r, dict) else r.prompt for r in records]
+                limit = self.grid.evaluation["limit"]
+                weights = router_weights(model, tokenizer, prompts[:limit])
+                result["router_weights"][task] = [round(float(w), 4) for w in weights]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+
+PARTS_LABELS = {
+    "uniform": "composed, router untrained (uniform 1/2 each)",
+    "router": "composed + router trained on the mix",
+    "lora_mix": "LoRA r{rank} trained on the mix",
+}
+
+
+def render(rows: list[dict[str, Any]], tasks: list[str], seeds: list[int], rank: int) -> str:
+    """Markdown: accuracy (%) per task, mean ± std over seeds, and the router's weights."""
+    parts = list(dict.fromkeys(r["part"] for r in rows))
+    done = sorted({r["seed"] for r in rows})
+    lines = [
+        f"Test accuracy (%), mean ± std over seeds {', '.join(map(str, done))} "
+        f"(planned: {', '.join(map(str, seeds))}); greedy decoding, same budget per trained "
+        "part as configs/experiments/methods.yaml.",
+        "",
+        "| part | trained params | adapter params | " + " | ".join(tasks) + " | avg |",
+        "|---|---:|---:|" + "---:|" * (len(tasks) + 1),
+    ]
+    for part in parts:
+        mine = [r for r in rows if r["part"] == part]
+        accs = {t: [r["accuracy"][t] for r in mine] for t in tasks}
+        cells = [_cell(accs[t]) for t in tasks]
+        avg = _cell([float(np.mean([r["accuracy"][t] for t in tasks])) for r in mine])
+        label = _label(part, rank)
+        lines.append(
+            f"| {label} | {mine[0]['trainable_params']:,} | {mine[0]['adapter_params']:,} | "
+            + " | ".join(cells)
+            + f" | {avg} |"
+        )
+    routed = [r for r in rows if r["router_weights"]]
+    if routed:
+        lines += [
+            "",
+            "Router: mean softmax weight on each module over each task's test prompts "
+            "(mean over seeds).",
+            "",
+            "| part | prompts of | " + " | ".join(f"w(module_{t})" for t in tasks) + " |",
+            "|---|---|" + "---:|" * len(tasks),
+        ]
+        for part in dict.fromkeys(r["part"] for r in routed):
+            mine = [r for r in routed if r["part"] == part]
+            for task in tasks:
+                w = np.mean([r["router_weights"][task] for r in mine], axis=0)
+                lines.append(
+                    f"| {_label(part, rank)} | {task} | " + " | ".join(f"{x:.3f}" for x in w) + " |"
+                )
+    return "\n".join(lines)
+
+
+def _label(part: str, rank: int) -> str:
+    if part.startswith("module_"):
+        return f"trajectory module trained on {part[len('module_') :]} only"
+    return PARTS_LABELS[part].format(rank=rank)
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.2f}" if values else "–"
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def write_report(output: Path, tasks: list[str], seeds: list[int], rank: int) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(output.glob("seed*/*/scores.json"))]
+    order = [f"module_{t}" for t in tasks] + ["uniform", "router", "lora_mix"]
+    rows.sort(key=lambda r: (order.index(r["part"]), r["seed"]))
+    text = "# LoRA-Diffusion composition\n\n" + render(rows, tasks, seeds, rank) + "\n"
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.md").write_text(text)
+    (output / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    grid = load_setup(args)
+    tasks = list(grid.tasks)
+    if not args.report:
+        from nara.experiments.runner import load_base
+
+        base = load_base(grid)
+        for seed in args.seeds:
+            experiment = Experiment(grid, base, seed, args.output, args.lora_rank)
+            for part in [f"module_{t}" for t in tasks] + ["uniform", "router", "lora_mix"]:
+                experiment.score(part)
+            write_report(args.output, tasks, args.seeds, args.lora_rank)  # a seed at a time
+    print(write_report(args.output, tasks, args.seeds, args.lora_rank))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
