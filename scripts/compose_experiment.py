@@ -14,6 +14,9 @@ configs/experiments/methods.yaml; trailing KEY=VALUE overrides go to that grid):
   module's perturbation at weight 1/2 on every prompt — no training;
 - ``router``: the same composition with its router trained on the mix of the tasks' training
   data (``data.source = embedded:a+embedded:b``) while the modules stay frozen;
+- ``router_lr``: the same at learning rate ``--router-lr`` (only when given): the router reads
+  the mean token embedding of the prompt, whose norm is small on the tiny model (~0.1), so at the
+  recipe's learning rate its 30 steps can barely move the softmax away from uniform;
 - ``lora_mix``: one LoRA trained on the same mix, rank ``--lora-rank`` (default 16: about the two
   modules' parameters together), for as many steps as the modules together (so it sees as many
   examples of each task as each module did).
@@ -49,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs=2, default=list(DEFAULT_TASKS), help="the two tasks")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--lora-rank", type=int, default=16, help="rank of the LoRA on the mix")
+    p.add_argument("--router-lr", type=float, help="also train the router at this learning rate")
     p.add_argument("--output", type=Path, default=REPO / "results" / "compose")
     p.add_argument("--report", action="store_true", help="only rebuild results.md and exit")
     return p.parse_args(argv)
@@ -66,7 +70,9 @@ def load_setup(args: argparse.Namespace) -> Any:
     return grid
 
 
-def part_recipes(grid: Any, seed: int, seed_dir: Path, lora_rank: int) -> dict[str, dict]:
+def part_recipes(
+    grid: Any, seed: int, seed_dir: Path, lora_rank: int, router_lr: float | None = None
+) -> dict[str, dict]:
     """The ``nara train`` recipe of every trained part of one seed, in training order."""
     tasks = list(grid.tasks)
     mix = {"source": "+".join(grid.tasks[t]["source"] for t in tasks), "recipe": {}}
@@ -79,6 +85,9 @@ def part_recipes(grid: Any, seed: int, seed_dir: Path, lora_rank: int) -> dict[s
     sources = [str(seed_dir / f"module_{t}" / "final") for t in tasks]
     router = {"method": "trajectory_router", "sources": sources}
     recipes["router"] = grid.run_recipe(router, mix, seed, seed_dir / "router")
+    if router_lr is not None:
+        recipes["router_lr"] = grid.run_recipe(router, mix, seed, seed_dir / "router_lr")
+        recipes["router_lr"]["training"]["lr"] = router_lr
     lora = dict(grid.methods["lora"])
     shared_alpha = (grid.recipe.get("adapter") or {}).get("alpha", 16)
     scale = lora.get("alpha", shared_alpha) / lora.get("r", 8)  # keep LoRA's s = alpha / r
@@ -122,10 +131,10 @@ def router_weights(model: Any, tokenizer: Any, prompts: list[str]) -> np.ndarray
 class Experiment:
     """The parts of one seed: trained (or loaded) once, then scored on every task."""
 
-    def __init__(self, grid: Any, base: Any, seed: int, output: Path, lora_rank: int) -> None:
+    def __init__(self, grid: Any, base: Any, seed: int, args: argparse.Namespace) -> None:
         self.grid, self.base, self.seed = grid, base, seed
-        self.dir = output / f"seed{seed}"
-        self.recipes = part_recipes(grid, seed, self.dir, lora_rank)
+        self.dir = args.output / f"seed{seed}"
+        self.recipes = part_recipes(grid, seed, self.dir, args.lora_rank, args.router_lr)
         self.base_params = sum(p.numel() for p in base[0].parameters())
 
     def model(self, part: str) -> tuple[Any, float]:
@@ -171,7 +180,7 @@ class Experiment:
             result["accuracy"][task] = summary["score"]
             log(f"seed {self.seed} {part} on {task}: {summary['score']:.2f} "
                 f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
-            if part in ("uniform", "router"):
+            if part in ("uniform", "router", "router_lr"):
                 records = load_source(spec["source"], "test")  # the records scored above
                 prompts = [r["prompt"] if isinstance(r, dict) else r.prompt for r in records]
                 limit = self.grid.evaluation["limit"]
@@ -185,11 +194,12 @@ class Experiment:
 PARTS_LABELS = {
     "uniform": "composed, router untrained (uniform 1/2 each)",
     "router": "composed + router trained on the mix",
+    "router_lr": "composed + router trained on the mix, lr {router_lr:g}",
     "lora_mix": "LoRA r{rank} trained on the mix",
 }
 
 
-def render(rows: list[dict[str, Any]], tasks: list[str], seeds: list[int], rank: int) -> str:
+def render(rows: list[dict[str, Any]], tasks: list[str], seeds: list[int], names: dict) -> str:
     """Markdown: accuracy (%) per task, mean ± std over seeds, and the router's weights."""
     parts = list(dict.fromkeys(r["part"] for r in rows))
     done = sorted({r["seed"] for r in rows})
@@ -206,7 +216,7 @@ def render(rows: list[dict[str, Any]], tasks: list[str], seeds: list[int], rank:
         accs = {t: [r["accuracy"][t] for r in mine] for t in tasks}
         cells = [_cell(accs[t]) for t in tasks]
         avg = _cell([float(np.mean([r["accuracy"][t] for t in tasks])) for r in mine])
-        label = _label(part, rank)
+        label = _label(part, names)
         lines.append(
             f"| {label} | {mine[0]['trainable_params']:,} | {mine[0]['adapter_params']:,} | "
             + " | ".join(cells)
@@ -227,15 +237,18 @@ def render(rows: list[dict[str, Any]], tasks: list[str], seeds: list[int], rank:
             for task in tasks:
                 w = np.mean([r["router_weights"][task] for r in mine], axis=0)
                 lines.append(
-                    f"| {_label(part, rank)} | {task} | " + " | ".join(f"{x:.3f}" for x in w) + " |"
+                    f"| {_label(part, names)} | {task} | "
+                    + " | ".join(f"{x:.3f}" for x in w)
+                    + " |"
                 )
     return "\n".join(lines)
 
 
-def _label(part: str, rank: int) -> str:
+def _label(part: str, names: dict) -> str:
+    """Table label of a part; ``names`` fills its settings (rank, router_lr)."""
     if part.startswith("module_"):
         return f"trajectory module trained on {part[len('module_') :]} only"
-    return PARTS_LABELS[part].format(rank=rank)
+    return PARTS_LABELS[part].format(**names)
 
 
 def _cell(values: list[float]) -> str:
@@ -244,11 +257,17 @@ def _cell(values: list[float]) -> str:
     return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
 
 
-def write_report(output: Path, tasks: list[str], seeds: list[int], rank: int) -> str:
+def parts(tasks: list[str]) -> list[str]:
+    """Every part, in training and table order."""
+    return [f"module_{t}" for t in tasks] + ["uniform", "router", "router_lr", "lora_mix"]
+
+
+def write_report(output: Path, tasks: list[str], args: argparse.Namespace) -> str:
+    """Write ``results.md`` and ``results.json`` from the scored parts; returns the markdown."""
     rows = [json.loads(p.read_text()) for p in sorted(output.glob("seed*/*/scores.json"))]
-    order = [f"module_{t}" for t in tasks] + ["uniform", "router", "lora_mix"]
-    rows.sort(key=lambda r: (order.index(r["part"]), r["seed"]))
-    text = "# LoRA-Diffusion composition\n\n" + render(rows, tasks, seeds, rank) + "\n"
+    rows.sort(key=lambda r: (parts(tasks).index(r["part"]), r["seed"]))
+    names = {"rank": args.lora_rank, "router_lr": args.router_lr}
+    text = "# LoRA-Diffusion composition\n\n" + render(rows, tasks, args.seeds, names) + "\n"
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.md").write_text(text)
     (output / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -264,11 +283,12 @@ def main(argv: list[str] | None = None) -> int:
 
         base = load_base(grid)
         for seed in args.seeds:
-            experiment = Experiment(grid, base, seed, args.output, args.lora_rank)
-            for part in [f"module_{t}" for t in tasks] + ["uniform", "router", "lora_mix"]:
-                experiment.score(part)
-            write_report(args.output, tasks, args.seeds, args.lora_rank)  # a seed at a time
-    print(write_report(args.output, tasks, args.seeds, args.lora_rank))
+            experiment = Experiment(grid, base, seed, args)
+            for part in parts(tasks):
+                if part == "uniform" or part in experiment.recipes:
+                    experiment.score(part)
+            write_report(args.output, tasks, args)  # a seed at a time
+    print(write_report(args.output, tasks, args))
     return 0
 
 
