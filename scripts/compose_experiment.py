@@ -23,8 +23,8 @@ configs/experiments/methods.yaml; trailing KEY=VALUE overrides go to that grid):
 
 Each part is scored on the test split of every task (greedy decoding, as the grid). The router's
 mean softmax weight per module on each task's test prompts tells whether it routes. Everything
-goes to ``<output>/seed<S>/<part>/`` (trainer files, ``final/`` adapter, ``on_<task>/eval`` and
-``on_<task>/metrics.json``); re-running resumes. ``<output>/results.md`` and ``results.json``
+goes to ``<output>/seed<S>/<part>/`` (trainer files, ``final/`` adapter, ``on_<task>/eval/``
+predictions and ``scores.json``, written last); re-running resumes. ``<output>/results.md`` and ``results.json``
 hold the table: accuracy (%) per task, mean ± std over seeds (sample std).
 """
 
