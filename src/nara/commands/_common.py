@@ -116,3 +116,20 @@ def make_generate_fn(
         return tokenizer.batch_decode(out, skip_special_tokens=True)
 
     return generate_fn
+
+
+def generate_fn_from_args(
+    args: argparse.Namespace, model: Any, tokenizer: Any, mask_token_id: int
+) -> Callable[[list[str], int], list[str]]:
+    """:func:`make_generate_fn` with the sampler options of :func:`add_sampler_arguments`."""
+    return make_generate_fn(
+        model,
+        tokenizer,
+        mask_token_id,
+        chat_template=args.chat_template,
+        steps=args.steps,
+        block_length=args.block_length,
+        remasking=args.remasking,
+        temperature=args.temperature,
+        seed=args.seed,
+    )

@@ -15,8 +15,8 @@ import argparse
 from nara.commands._common import (
     add_model_arguments,
     add_sampler_arguments,
+    generate_fn_from_args,
     load_for_inference,
-    make_generate_fn,
 )
 
 EXAMPLES = """examples:
@@ -46,17 +46,7 @@ def run(args: argparse.Namespace) -> int:
     generate_fn = None
     if not args.oracle:
         model, tokenizer, mask_token_id = load_for_inference(args)
-        generate_fn = make_generate_fn(
-            model,
-            tokenizer,
-            mask_token_id,
-            chat_template=args.chat_template,
-            steps=args.steps,
-            block_length=args.block_length,
-            remasking=args.remasking,
-            temperature=args.temperature,
-            seed=args.seed,
-        )
+        generate_fn = generate_fn_from_args(args, model, tokenizer, mask_token_id)
         if args.gen_length is not None:
             generate_fn = _fixed_length(generate_fn, args.gen_length)
     result = run_eval(

@@ -11,8 +11,8 @@ import argparse
 from nara.commands._common import (
     add_model_arguments,
     add_sampler_arguments,
+    generate_fn_from_args,
     load_for_inference,
-    make_generate_fn,
 )
 
 EXAMPLES = """examples:
@@ -33,17 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model, tokenizer, mask_token_id = load_for_inference(args)
-    generate_fn = make_generate_fn(
-        model,
-        tokenizer,
-        mask_token_id,
-        chat_template=args.chat_template,
-        steps=args.steps,
-        block_length=args.block_length,
-        remasking=args.remasking,
-        temperature=args.temperature,
-        seed=args.seed,
-    )
+    generate_fn = generate_fn_from_args(args, model, tokenizer, mask_token_id)
     for prompt, answer in zip(args.prompt, generate_fn(args.prompt, args.gen_length)):
         if len(args.prompt) > 1:
             print(f"### {prompt}")
