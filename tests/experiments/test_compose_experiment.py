@@ -45,7 +45,7 @@ def setup(tmp_path_factory):
 def test_each_module_is_the_methods_grid_trajectory_run(setup):
     _, _, recipes = setup
     methods = load_grid(ROOT / "configs" / "experiments" / "methods.yaml")
-    for task in ("arithmetic", "programs"):
+    for task in ("commonsense", "programs"):
         (run,) = [r for r in methods.runs(["trajectory"]) if r.task == task and r.seed == 0]
         mine = copy.deepcopy(recipes[f"module_{task}"])
         expected = copy.deepcopy(run.recipe)
@@ -58,10 +58,10 @@ def test_router_and_lora_train_on_the_mix(setup):
     args, grid, recipes = setup
     steps = grid.recipe["training"]["max_steps"]
     router, fast, lora = recipes["router"], recipes["router_lr"], recipes["lora_mix"]
-    mix = "embedded:arithmetic+embedded:programs"
+    mix = "embedded:commonsense+embedded:programs"
     assert router["data"]["source"] == fast["data"]["source"] == lora["data"]["source"] == mix
     assert router["adapter"]["sources"] == [
-        str(args.output / "seed0" / f"module_{t}" / "final") for t in ("arithmetic", "programs")
+        str(args.output / "seed0" / f"module_{t}" / "final") for t in ("commonsense", "programs")
     ]
     assert router["training"]["max_steps"] == steps
     assert (
@@ -70,7 +70,7 @@ def test_router_and_lora_train_on_the_mix(setup):
     # LoRA: rank 16 at the methods grid's scale alpha / r = 16 / 8, for the modules' steps together
     assert (lora["adapter"]["r"], lora["adapter"]["alpha"]) == (16, 32)
     assert lora["training"]["max_steps"] == 2 * steps
-    for name in ("module_arithmetic", "lora_mix"):
+    for name in ("module_commonsense", "lora_mix"):
         RecipeConfig.from_dict(recipes[name])  # the nara train schema accepts them
 
 
