@@ -23,8 +23,11 @@ configs/experiments/methods.yaml; trailing KEY=VALUE overrides go to that grid):
   modules' parameters together), for as many steps as the modules together (so it sees as many
   examples of each task as each module did).
 
-Each part is scored on the test split of every task (greedy decoding, as the grid). The router's
-mean softmax weight per module on each task's test prompts tells whether it routes. Everything
+Each part, and the base, is scored on the test split of every task (greedy decoding, as the
+grid) and by its diffusion loss on the task's validation split (the first ``val_max_examples``
+records) at fixed noise levels t ∈ {0.1, 0.3, 0.5, 0.7, 0.9} with the same masks for every
+part, so losses are paired: interference shows there even when accuracy sits at the floor.
+The router's mean softmax weight per module on each task's test prompts tells whether it routes. Everything
 goes to ``<output>/seed<S>/<part>/`` (trainer files, ``final/`` adapter, ``on_<task>/eval/``
 predictions and ``scores.json``, written last); re-running resumes. ``<output>/results.md`` and ``results.json``
 hold the table: accuracy (%) per task, mean ± std over seeds (sample std).
@@ -45,6 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 METHODS = REPO / "configs" / "experiments" / "methods.yaml"
 DEFAULT_TASKS = ("commonsense", "programs")
 PROMPT_BATCH = 64
+LOSS_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)  # noise times t of the paired validation loss
+LOSS_BATCH = 16
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,6 +135,37 @@ def router_weights(model: Any, tokenizer: Any, prompts: list[str]) -> np.ndarray
     return torch.cat(weights).mean(0).numpy()
 
 
+def task_loss(
+    model: Any, tokenizer: Any, mask_token_id: int, records: list, max_length: int
+) -> float:
+    """Mean diffusion loss per answer token of ``records`` over the noise times ``LOSS_LEVELS``,
+    masks drawn from fixed seeds (batch, level): every model sees the same masked inputs."""
+    import torch
+
+    from nara.data.collate import Collator, encode_records
+    from nara.diffusion import diffusion_loss
+
+    encoded = encode_records(tokenizer, records, max_length=max_length)
+    collate = Collator(tokenizer.eos_token_id)
+    losses = []
+    for start in range(0, len(encoded), LOSS_BATCH):
+        batch = collate(encoded[start : start + LOSS_BATCH])
+        size = batch["input_ids"].shape[0]
+        for k, t in enumerate(LOSS_LEVELS):
+            with torch.no_grad():
+                out = diffusion_loss(
+                    model,
+                    batch["input_ids"],
+                    batch["maskable"],
+                    mask_token_id,
+                    attention_mask=batch["attention_mask"],
+                    t=torch.full((size,), t),
+                    generator=torch.Generator().manual_seed(start * len(LOSS_LEVELS) + k),
+                )
+            losses.append(float(out.loss) * size)
+    return sum(losses) / (len(encoded) * len(LOSS_LEVELS))
+
+
 class Experiment:
     """The parts of one seed: trained (or loaded) once, then scored on every task."""
 
@@ -145,6 +181,8 @@ class Experiment:
         from nara.experiments.grid import RunSpec
         from nara.experiments.runner import _loaded_copy, _train
 
+        if part == "base":
+            return self.base[0], 0.0
         if part == "uniform":
             sources = self.recipes["router"]["adapter"]["sources"]
             return compose_trajectories(_loaded_copy(self.base)[0], sources), 0.0
@@ -153,22 +191,43 @@ class Experiment:
         return model, facts["train_seconds"]
 
     def score(self, part: str, log: Any = print) -> dict[str, Any]:
-        """Accuracy of the part on every task's test split (cached per task), its parameters and,
-        for a composition, the router's mean weights per task."""
+        """Accuracy of the part on every task's test split (cached per task), its validation loss
+        per task, its parameters and, for a composition, the router's mean weights per task."""
+        from nara.training.data import load_source
+
+        out = self.dir / part / "scores.json"
+        result = json.loads(out.read_text()) if out.is_file() else None
+        if result is not None and "val_loss" in result:
+            return result
+        model, train_seconds = self.model(part)
+        model.eval()
+        tokenizer, mask_id = self.base[1], self.base[2]
+        if result is None:
+            result = self._accuracy(part, model, train_seconds, log)
+        data = self.grid.recipe.get("data") or {}
+        result["val_loss"] = {}
+        for task, spec in self.grid.tasks.items():
+            records = load_source(spec["source"], data.get("val_split", "validation"))
+            records = records[: data.get("val_max_examples") or len(records)]
+            loss = task_loss(model, tokenizer, mask_id, records, int(data.get("max_length", 512)))
+            result["val_loss"][task] = loss
+            log(f"seed {self.seed} {part} validation loss on {task}: {loss:.4f}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    def _accuracy(self, part: str, model: Any, train_seconds: float, log: Any) -> dict[str, Any]:
         from nara.adapters import trainable_parameters
         from nara.experiments.grid import RunSpec
         from nara.experiments.runner import _evaluate
         from nara.training.data import load_source
 
-        out = self.dir / part / "scores.json"
-        if out.is_file():
-            return json.loads(out.read_text())
-        model, train_seconds = self.model(part)
         tokenizer, mask_id = self.base[1], self.base[2]
+        trained = part not in ("base", "uniform")
         result: dict[str, Any] = {
             "part": part,
             "seed": self.seed,
-            "trainable_params": trainable_parameters(model).trainable if part != "uniform" else 0,
+            "trainable_params": trainable_parameters(model).trainable if trained else 0,
             "adapter_params": trainable_parameters(model).total - self.base_params,
             "train_seconds": train_seconds,
             "accuracy": {},
@@ -188,12 +247,11 @@ class Experiment:
                 limit = self.grid.evaluation["limit"]
                 weights = router_weights(model, tokenizer, prompts[:limit])
                 result["router_weights"][task] = [round(float(w), 4) for w in weights]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
         return result
 
 
 PARTS_LABELS = {
+    "base": "base model (no adapter)",
     "uniform": "composed, router untrained (uniform 1/2 each)",
     "router": "composed + router trained on the mix",
     "router_lr": "composed + router trained on the mix, lr {router_lr:g}",
@@ -202,7 +260,8 @@ PARTS_LABELS = {
 
 
 def render(rows: list[dict[str, Any]], tasks: list[str], seeds: list[int], names: dict) -> str:
-    """Markdown: accuracy (%) per task, mean ± std over seeds, and the router's weights."""
+    """Markdown: accuracy (%) and validation loss per task, mean ± std over seeds, and the
+    router's weights."""
     parts = list(dict.fromkeys(r["part"] for r in rows))
     done = sorted({r["seed"] for r in rows})
     lines = [
@@ -224,6 +283,21 @@ def render(rows: list[dict[str, Any]], tasks: list[str], seeds: list[int], names
             + " | ".join(cells)
             + f" | {avg} |"
         )
+    lossy = [r for r in rows if r.get("val_loss")]
+    if lossy:
+        levels = ", ".join(f"{t:g}" for t in LOSS_LEVELS)
+        lines += [
+            "",
+            f"Validation diffusion loss per answer token (same masks for every part at t ∈ "
+            f"{{{levels}}}; lower is better), mean ± std over seeds.",
+            "",
+            "| part | " + " | ".join(tasks) + " |",
+            "|---|" + "---:|" * len(tasks),
+        ]
+        for part in dict.fromkeys(r["part"] for r in lossy):
+            mine = [r for r in lossy if r["part"] == part]
+            cells = [_cell([r["val_loss"][t] for r in mine], 4) for t in tasks]
+            lines.append(f"| {_label(part, names)} | " + " | ".join(cells) + " |")
     routed = [r for r in rows if r["router_weights"]]
     if routed:
         lines += [
@@ -253,15 +327,15 @@ def _label(part: str, names: dict) -> str:
     return PARTS_LABELS[part].format(**names)
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float], digits: int = 2) -> str:
     if len(values) < 2:
-        return f"{values[0]:.2f}" if values else "–"
-    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+        return f"{values[0]:.{digits}f}" if values else "–"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
 def parts(tasks: list[str]) -> list[str]:
     """Every part, in training and table order."""
-    return [f"module_{t}" for t in tasks] + ["uniform", "router", "router_lr", "lora_mix"]
+    return ["base", *(f"module_{t}" for t in tasks), "uniform", "router", "router_lr", "lora_mix"]
 
 
 def write_report(output: Path, tasks: list[str], args: argparse.Namespace) -> str:
@@ -287,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             experiment = Experiment(grid, base, seed, args)
             for part in parts(tasks):
-                if part == "uniform" or part in experiment.recipes:
+                if part in ("base", "uniform") or part in experiment.recipes:
                     experiment.score(part)
             write_report(args.output, tasks, args)  # a seed at a time
     print(write_report(args.output, tasks, args))

@@ -113,3 +113,20 @@ def test_the_table_reports_mean_and_sample_std_over_seeds():
     avg = [(40 + 10) / 2, (50 + 30) / 2]
     cells = [f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}" for v in (arith, progs, avg)]
     assert f"| LoRA r16 trained on the mix | 98,304 | 98,304 | {' | '.join(cells)} |" in text
+
+
+def test_the_validation_loss_is_paired_across_models():
+    """Same masks for every model: a zero-initialised module (no change to the model) gives the
+    base's loss exactly, a perturbed one a different loss; mask seeds make it repeatable."""
+    torch.manual_seed(0)
+    tokenizer = build_char_tokenizer()
+    records = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(5) for b in range(4)]
+    base = LLaDAModelLM(tiny_config()).eval()
+    loss = ce.task_loss(base, tokenizer, 127, records, max_length=32)
+    assert loss == ce.task_loss(base, tokenizer, 127, records, max_length=32)
+    adapted = add_adapters(copy.deepcopy(base), TrajectoryConfig(r=2)).eval()
+    assert ce.task_loss(adapted, tokenizer, 127, records, max_length=32) == pytest.approx(loss)
+    with torch.no_grad():
+        for module in find_hub(adapted).trajectories[0].values():
+            module.B.normal_()
+    assert ce.task_loss(adapted, tokenizer, 127, records, max_length=32) != pytest.approx(loss)

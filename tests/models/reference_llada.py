@@ -1,7 +1,7 @@
 """An independent LLaDA forward, written from DESIGN.md §3 with plain torch ops on a state dict.
 
 Shared by the model tests as the expectation: explicit softmax attention with a padding mask,
-RoPE by complex-free per-position rotation matrices, SwiGLU and RMSNorm spelled out.
+RoPE as an explicit rotation of each (j, j + D/2) pair, SwiGLU and RMSNorm spelled out.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ def _rope(x: torch.Tensor, theta: float) -> torch.Tensor:
     """x (T, H, D): pair dim j with dim j + D/2 and rotate it by angle pos · θ^(−2j/D)."""
     t, _, d = x.shape
     half = d // 2
+    pos = torch.arange(t, dtype=torch.float64)[:, None]  # (T, 1)
     out = torch.empty_like(x)
-    for pos in range(t):
-        for j in range(half):
-            angle = pos * theta ** (-2.0 * j / d)
-            c, s = math.cos(angle), math.sin(angle)
-            a, b = x[pos, :, j], x[pos, :, j + half]
-            out[pos, :, j] = a * c - b * s
-            out[pos, :, j + half] = b * c + a * s
+    for j in range(half):
+        angle = pos * theta ** (-2.0 * j / d)
+        c, s = torch.cos(angle), torch.sin(angle)
+        a, b = x[:, :, j], x[:, :, j + half]  # (T, H)
+        out[:, :, j] = a * c - b * s
+        out[:, :, j + half] = b * c + a * s
     return out
 
 

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from nara.adapters.config import AdapterConfig
-from nara.adapters.fused import group_shared_inputs
 from nara.adapters.layer import LAYERS, AdapterLayer, matches
 from nara.adapters.noise import NoiseHub, as_noise_tensor, find_hub
 
@@ -147,7 +146,6 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         setattr(parent, child, layer)
     for p in adapter_parameters(model).values():
         p.requires_grad_(True)
-    group_shared_inputs(adapter_layers(model))  # q/k/v: one A matmul (fused.py)
     if conditioners:
         model.register_forward_pre_hook(hub.begin_forward)
     return model

@@ -23,7 +23,6 @@ class LoRALayer(AdapterLayer):
         super().__init__(base, config)
         self.lora_A = self._new(config.r, self.in_features)
         self.lora_B = self._new(self.out_features, config.r, zero=True)
-        object.__setattr__(self, "_shared_input", None)  # set by add_adapters (fused.py)
 
     def mix(self, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """Act on the rank space h (B, ..., r); the identity for LoRA."""
@@ -33,22 +32,10 @@ class LoRALayer(AdapterLayer):
         """The r×r matrices (n, r, r) that ``mix`` applies, or None for the identity."""
         return None
 
-    def project(self, xd: torch.Tensor) -> torch.Tensor:
-        """xd·Aᵀ (B, ..., r) on its own, in the adapter dtype."""
-        a = self.lora_A
-        return F.linear(xd if xd.dtype == a.dtype else xd.to(a.dtype), a)
-
     def low_rank(self, xd: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """s·mix(xd·Aᵀ)·Bᵀ: (B, ..., d_in) → (B, ..., d_out), in the adapter dtype.
-
-        Without dropout, layers that read the same input (q, k, v) share one A matmul
-        (:mod:`nara.adapters.fused`); with dropout each layer's input is its own copy.
-        """
-        group = self._shared_input
-        if group is None or (self.dropout_p and self.training):
-            h = self.project(xd)  # (B, ..., r)
-        else:
-            h = group.project(self, xd, self.project)
+        """s·mix(xd·Aᵀ)·Bᵀ: (B, ..., d_in) → (B, ..., d_out), in the adapter dtype."""
+        a = self.lora_A
+        h = F.linear(xd if xd.dtype == a.dtype else xd.to(a.dtype), a)  # (B, ..., r)
         h = self.mix(h, cond)
         if self.scaling != 1:
             h = h * self.scaling  # on the r-wide tensor: cheaper than on the output

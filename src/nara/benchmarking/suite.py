@@ -6,6 +6,7 @@ Shared by ``nara bench`` and the scripts in ``benchmarks/`` (which fix ``--only`
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shlex
 import sys
@@ -30,8 +31,14 @@ SUITES = {
 }
 
 
-def run_benchmarks(options: BenchOptions, command: str = "") -> dict[str, Any]:
-    """Run the chosen sections, each on each size; returns the JSON-ready results with targets."""
+def run_benchmarks(
+    options: BenchOptions, command: str = "", json_path: str | Path | None = None
+) -> dict[str, Any]:
+    """Run the chosen sections, each on each size; returns the JSON-ready results with targets.
+
+    With ``json_path``, the results so far are written after every section and size, so a long
+    run that is stopped still leaves what it measured.
+    """
     torch.set_num_threads(options.threads)
     results: dict[str, Any] = {
         "meta": {
@@ -49,14 +56,23 @@ def run_benchmarks(options: BenchOptions, command: str = "") -> dict[str, Any]:
         for size in sizes:
             print(f"[nara bench] {section}, {size} ...", file=sys.stderr, flush=True)
             results[section][size] = SUITES[section](size, options)
-    results["meta"]["load_average_end"] = load_average()
-    results["targets"] = evaluate_targets(results)
+            gc.collect()  # the section's models hold reference cycles (hub, groups)
+            results["meta"]["load_average_end"] = load_average()
+            results["targets"] = evaluate_targets(results)
+            if json_path is not None:
+                write_json(results, json_path)
     return results
+
+
+def write_json(results: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def run_and_report(args: argparse.Namespace, command: str) -> int:
     """Run, print the tables and write the JSON; returns the exit status (0)."""
-    results = run_benchmarks(options_from_args(args), command)
+    results = run_benchmarks(options_from_args(args), command, args.json)
     meta = results["meta"]
     m = meta["machine"]
     print(
@@ -66,10 +82,7 @@ def run_and_report(args: argparse.Namespace, command: str) -> int:
     )
     print(markdown(results))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"\nwrote {path}")
+        print(f"\nwrote {args.json}")
     return 0
 
 

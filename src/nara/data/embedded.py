@@ -7,8 +7,9 @@ but asks for it in a template and answer format it never saw, so the base model 
 and fine-tuning has something to learn:
 
 - ``commonsense``: WinoGrande-style fill-in-the-blank, ``option1/option2`` (pre-training only has
-  true/false, solution1/2 and answer1..4). Answering needs the world's weights, sizes and uses,
-  and the splits hold out whole object pairs, so memorising pairs does not help.
+  true/false, solution1/2 and answer1..4). Half the sentences state the deciding fact (the model
+  must read the cue); the others need the world's weights, sizes and uses from pre-training. The
+  splits hold out whole object pairs, so memorising pairs does not help.
 - ``arithmetic``: word problems with multiplication, sharing (division) and two steps
   (pre-training has one addition or subtraction; multiplication appears only in code).
 - ``programs``: trace a small function call, a list comprehension, ``%`` or ``//`` and give the
@@ -80,12 +81,23 @@ def _pair_sentence(rng: random.Random) -> tuple[Hashable, str, Thing, list[Thing
     a = rng.choice(WORLD)
     b = rng.choice([t for t in WORLD if well_separated(a, t, attr)])
     larger = rng.random() < 0.5
-    target = max((a, b), key=lambda t: getattr(t, attr) * (1 if larger else -1))
+    big, small = sorted((a, b), key=lambda t: getattr(t, attr), reverse=True)
+    target = big if larger else small
+    # Half the sentences state the fact (read the cue, as in WinoGrande's twin sentences); the
+    # other half leave it to the weights and sizes the model learned in pre-training.
+    stated = rng.random() < 0.5
     if attr == "mass":
         ease = "harder" if larger else "easier"
-        sentence = (
-            f"{person} tried to lift the {a.name} and the {b.name}. The _ was {ease} to lift."
-        )
+        if stated:
+            compare = "heavier" if a is big else "lighter"
+            sentence = f"The {a.name} is {compare} than the {b.name}, so the _ was {ease} to carry."
+        else:
+            sentence = (
+                f"{person} tried to lift the {a.name} and the {b.name}. The _ was {ease} to lift."
+            )
+    elif stated:
+        too = "big" if larger else "small"
+        sentence = f"The {big.name} did not fit into the {small.name} because the _ was too {too}."
     else:
         room = "more" if larger else "less"
         sentence = f"{person} packed the {a.name} and the {b.name}. The _ took up {room} room."

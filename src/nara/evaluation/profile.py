@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nara.adapters import load_adapters, noise_level
+from nara.adapters import load_adapters
 from nara.diffusion import local_mask_density, masked_fraction
+from nara.diffusion._model import denoise
 
 
 @dataclass
@@ -144,8 +145,8 @@ def score_masks(
         noisy = torch.where(masked, torch.full_like(ids, mask_token_id), ids)
         lam = masked_fraction(masked, region)  # (B,)
         density = local_mask_density(masked, region)
-        with noise_level(model, lam, density):
-            logits = model(noisy, attention_mask=attention_mask[example].to(device)).logits
+        attn = attention_mask[example].to(device)
+        logits = denoise(model, noisy, attn, lam, density, attn.bool() & ~region)
         which = masked.nonzero(as_tuple=True)[0]  # (M,) row of each masked position
         masked_logits = logits[masked].float()  # (M, V)
         targets = ids[masked]
@@ -210,13 +211,15 @@ class ProfileResult:
         import matplotlib.pyplot as plt
 
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        lam = np.array(self.lam, dtype=float)
         for name, values in self.loss.items():
             style = "k--" if name == self.base else "o-"
-            left.plot(self.lam, values, style, label=name, markersize=3)
+            left.plot(lam, np.array(values, dtype=float), style, label=name, markersize=3)
         left.set(xlabel="noise level λ (masked fraction)", ylabel="loss per answer token")
         left.legend(fontsize=7)
         for name, values in self.gain.items():
-            right.errorbar(self.lam, values, yerr=self.gain_se[name], fmt="o-", ms=3, capsize=2,
+            se = np.array(self.gain_se[name], dtype=float)  # None (a bin with < 2 examples): NaN
+            right.errorbar(lam, np.array(values, dtype=float), yerr=se, fmt="o-", ms=3, capsize=2,
                            label=name)  # fmt: skip
         right.axhline(0.0, color="k", lw=0.8)
         right.set(xlabel="noise level λ (masked fraction)", ylabel=f"loss gain over {self.base}")
