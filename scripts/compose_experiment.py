@@ -18,7 +18,7 @@ configs/experiments/methods.yaml; trailing KEY=VALUE overrides go to that grid):
   data (``data.source = embedded:a+embedded:b``) while the modules stay frozen;
 - ``router_lr``: the same at learning rate ``--router-lr`` (only when given): the router reads
   the mean token embedding of the prompt, whose norm is small on the tiny model (~0.1), so at the
-  recipe's learning rate its 30 steps can barely move the softmax away from uniform;
+  recipe's learning rate its 120 steps can barely move the softmax away from uniform;
 - ``lora_mix``: one LoRA trained on the same mix, rank ``--lora-rank`` (default 16: about the two
   modules' parameters together), for as many steps as the modules together (so it sees as many
   examples of each task as each module did).
