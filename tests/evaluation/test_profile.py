@@ -22,6 +22,8 @@ from training_support import (  # noqa: E402
 )
 
 from nara.adapters import LoRAConfig, NaRAConfig, add_adapters, save_adapters  # noqa: E402
+from nara.adapters.noise import find_hub  # noqa: E402
+from nara.adapters.trajectory import TrajectoryConfig, compose_trajectories  # noqa: E402
 from nara.cli import main  # noqa: E402
 from nara.diffusion import diffusion_loss, masked_fraction  # noqa: E402
 from nara.evaluation.profile import (  # noqa: E402
@@ -170,3 +172,42 @@ def test_cli_writes_json_png_and_prints_table(tiny_model_dir, tmp_path, capsys):
     assert "| λ bin |" in capsys.readouterr().out
     data = json.loads((out / "profile.json").read_text())
     assert len(data["loss"]["base"]) == 4 and (out / "profile.png").stat().st_size > 0
+
+
+def test_composed_trajectories_are_profiled_as_their_router_mixes_them(setup, tmp_path):
+    """The profile gives a composed model its prompt mask (the router needs it): with the
+    untrained router each module weighs 1/2, so a composition of a perturbed module and a zero
+    one scores exactly as the perturbed module with its B halved."""
+    model, tokenizer, records = setup
+    perturbed = add_adapters(shared_copy(model), TrajectoryConfig(r=2))
+    with torch.no_grad():
+        for module in find_hub(perturbed).trajectories[0].values():
+            module.B.normal_(0, 0.5)
+    save_adapters(perturbed, tmp_path / "perturbed")
+    save_adapters(add_adapters(shared_copy(model), TrajectoryConfig(r=2)), tmp_path / "zero")
+    with torch.no_grad():
+        for module in find_hub(perturbed).trajectories[0].values():
+            module.B.mul_(0.5)
+    save_adapters(perturbed, tmp_path / "halved")
+    composed = compose_trajectories(shared_copy(model), [tmp_path / "perturbed", tmp_path / "zero"])
+    save_adapters(composed, tmp_path / "composed")
+    adapters = {name: tmp_path / name for name in ("composed", "halved")}
+    result = noise_profile(model, tokenizer, records, adapters=adapters, mask_token_id=MASK,
+                           bins=3, samples_per_bin=2)  # fmt: skip
+    assert any(abs(g) > 0 for g in result.gain["halved"] if g is not None)
+    torch.testing.assert_close(result.scores["composed"].loss, result.scores["halved"].loss,
+                               rtol=1e-4, atol=1e-5, equal_nan=True)  # fmt: skip
+
+
+def test_plot_draws_bins_with_fewer_than_two_examples(setup, tmp_path):
+    """One example: every paired standard error is undefined (None in the JSON); the plot and
+    the files are still written."""
+    model, tokenizer, records = setup
+    adapted = add_adapters(shared_copy(model), LoRAConfig(r=4))
+    save_adapters(adapted, tmp_path / "lora")
+    result = noise_profile(model, tokenizer, records[:1], adapters={"lora": tmp_path / "lora"},
+                           mask_token_id=MASK, bins=4)  # fmt: skip
+    assert all(se is None for se in result.gain_se["lora"])
+    json_path, png_path = result.save(tmp_path / "out")
+    assert json.loads(json_path.read_text())["gain_se"]["lora"] == result.gain_se["lora"]
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
