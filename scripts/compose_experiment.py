@@ -191,30 +191,32 @@ class Experiment:
         return model, facts["train_seconds"]
 
     def score(self, part: str, log: Any = print) -> dict[str, Any]:
-        """Accuracy of the part on every task's test split (cached per task), its validation loss
-        per task, its parameters and, for a composition, the router's mean weights per task."""
-        from nara.training.data import load_source
-
+        """Accuracy of the part on every task's test split, its validation loss per task, its
+        parameters and, for a composition, the router's mean weights per task (cached)."""
         out = self.dir / part / "scores.json"
-        result = json.loads(out.read_text()) if out.is_file() else None
-        if result is not None and "val_loss" in result:
-            return result
+        if out.is_file():
+            return json.loads(out.read_text())
         model, train_seconds = self.model(part)
         model.eval()
+        result = self._accuracy(part, model, train_seconds, log)
+        result["val_loss"] = self._val_loss(part, model, log)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    def _val_loss(self, part: str, model: Any, log: Any) -> dict[str, float]:
+        from nara.training.data import load_source
+
         tokenizer, mask_id = self.base[1], self.base[2]
-        if result is None:
-            result = self._accuracy(part, model, train_seconds, log)
         data = self.grid.recipe.get("data") or {}
-        result["val_loss"] = {}
+        losses = {}
         for task, spec in self.grid.tasks.items():
             records = load_source(spec["source"], data.get("val_split", "validation"))
             records = records[: data.get("val_max_examples") or len(records)]
             loss = task_loss(model, tokenizer, mask_id, records, int(data.get("max_length", 512)))
-            result["val_loss"][task] = loss
+            losses[task] = loss
             log(f"seed {self.seed} {part} validation loss on {task}: {loss:.4f}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        return result
+        return losses
 
     def _accuracy(self, part: str, model: Any, train_seconds: float, log: Any) -> dict[str, Any]:
         from nara.adapters import trainable_parameters
