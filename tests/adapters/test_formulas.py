@@ -1,4 +1,4 @@
-"""Each method's layer output equals its ΔW formula, written out by hand (DESIGN.md §1-2)."""
+"""Each method's layer output equals its ΔW formula, written out by hand (docs/design.md §1-2)."""
 
 from __future__ import annotations
 

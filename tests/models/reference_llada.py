@@ -1,4 +1,4 @@
-"""An independent LLaDA forward, written from DESIGN.md §3 with plain torch ops on a state dict.
+"""An independent LLaDA forward, written from docs/design.md §3 with plain torch ops on a state dict.
 
 Shared by the model tests as the expectation: explicit softmax attention with a padding mask,
 RoPE as an explicit rotation of each (j, j + D/2) pair, SwiGLU and RMSNorm spelled out.

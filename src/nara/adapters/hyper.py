@@ -1,6 +1,6 @@
 """NaRA's noise embeddings and hypernetwork: C(λ) = I + η·reshape_r×r(F(e(λ))).
 
-DESIGN.md §1 (Wang et al., ICML 2026): e(λ) defaults to Gaussian Fourier features of a frozen
+docs/design.md §1 (Wang et al., ICML 2026): e(λ) defaults to Gaussian Fourier features of a frozen
 w ~ N(0, σ²); F is an MLP 64 → 256 → 512 → r² with SiLU between layers and a zero-initialised last
 layer, so C(λ) = I at the start and NaRA begins exactly as LoRA.
 """

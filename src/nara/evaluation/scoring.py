@@ -1,4 +1,4 @@
-"""Answer extraction and comparison for the paper's benchmarks (DESIGN.md section 6).
+"""Answer extraction and comparison for the paper's benchmarks (docs/design.md §6).
 
 - choice (commonsense, LLM-Adapters formats): the FIRST answer keyword of the task's format in the
   generation (``true``/``false``, ``solution1``.., ``answer1``.., ``option1``.., ``ending1``..),

@@ -1,7 +1,7 @@
 """LLaDA, the masked-diffusion language model, written natively for transformers.
 
 The released LLaDA-8B checkpoints ship their model code as remote code that no longer runs on
-current transformers. This file implements the same architecture from its description (DESIGN.md
+current transformers. This file implements the same architecture from its description (docs/design.md
 §3): it reads the same ``config.json`` and the same checkpoint keys, so a downloaded LLaDA folder
 loads with ``LLaDAModelLM.from_pretrained(folder)`` and no ``trust_remote_code``.
 
