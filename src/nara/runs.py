@@ -62,6 +62,54 @@ def sha256_file(path: str | Path) -> str:
     return _hash_cache[key]
 
 
+def model_identity(name_or_path: str | Path) -> dict[str, Any]:
+    """What identifies a base model's weights: its name and the sha256 of its weight files.
+
+    ``"tiny"`` hashes the shipped file; a local folder hashes its ``*.safetensors`` and ``*.bin``
+    files (one digest over the per-file digests); a hub id records the cached snapshot's commit
+    (None when not downloaded yet), since hub revisions pin their files.
+    """
+    from nara.models.loading import TINY_DIR
+
+    text = str(name_or_path)
+    folder = TINY_DIR if text == "tiny" else Path(name_or_path).expanduser()
+    if folder.is_dir():
+        files = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")])
+        digests = {f.name: sha256_file(f) for f in files}
+        name = "tiny" if text == "tiny" else folder.resolve().name
+        return {"name": name, "weights_sha256": fingerprint(digests)}
+    return {"name": text, "revision": _hub_revision(text)}
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an id the hub library rejects: loading reports it
+        return None
+    return Path(cached).parent.name if isinstance(cached, str) else None
+
+
+def adapter_identity(folder: str | Path) -> dict[str, str]:
+    """sha256 of an adapter folder's weights and config (what decides its outputs).
+
+    Raises:
+        FileNotFoundError: the folder lacks the config or weights file nara writes.
+    """
+    from nara.adapters.save import CONFIG_NAME, WEIGHTS_NAME
+
+    folder = Path(folder)
+    files = {"config_sha256": folder / CONFIG_NAME, "weights_sha256": folder / WEIGHTS_NAME}
+    for path in files.values():
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no adapter at {folder}: {path.name} is missing; pass the folder nara train "
+                "wrote (e.g. runs/<name>/final)"
+            )
+    return {key: sha256_file(path) for key, path in files.items()}
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
@@ -77,6 +125,17 @@ def fingerprint(fields: Mapping[str, Any], length: int | None = None) -> str:
     """Hex sha256 of :func:`canonical_json` of `fields`; `length` keeps a prefix (folder names)."""
     digest = hashlib.sha256(canonical_json(fields).encode("utf-8")).hexdigest()
     return digest[:length] if length else digest
+
+
+def run_fingerprint(fields: Mapping[str, Any], length: int | None = None) -> str:
+    """The fingerprint :func:`claim_run_folder` records: `fields` plus the nara version."""
+    return fingerprint(_with_version(fields), length)
+
+
+def _with_version(fields: Mapping[str, Any]) -> dict[str, Any]:
+    from nara import __version__
+
+    return {**fields, "nara_version": __version__}
 
 
 class RunLock:
@@ -121,31 +180,27 @@ class RunLock:
             self._fd = None
 
 
-def _flatten(fields: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in fields.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def differing_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``"name: old (saved) vs new (now)"`` for each (dotted) field whose value differs."""
-    a, b = _flatten(old), _flatten(new)
+def differing_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"name: old (saved) vs new (now)"`` for each differing field, dotted into sub-objects
+    that both sides have (a sub-object only one side has is one entry)."""
     out = []
-    for key in sorted(a.keys() | b.keys()):
-        saved, now = (_show(d, key) for d in (a, b))
-        if saved != now:
-            out.append(f"{key}: {saved} (saved) vs {now} (now)")
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += differing_fields(a, b, f"{prefix}{key}.")
+        elif _show(a) != _show(b):
+            out.append(f"{prefix}{key}: {_show(a)} (saved) vs {_show(b)} (now)")
     return out
 
 
-def _show(values: Mapping[str, Any], key: str) -> str:
-    if key not in values:
+_ABSENT = object()
+
+
+def _show(value: Any, width: int = 80) -> str:
+    if value is _ABSENT:
         return "(absent)"
-    return json.dumps(values[key], sort_keys=True, default=_json_default)
+    text = json.dumps(value, sort_keys=True, default=_json_default)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _outputs_present(folder: Path, outputs: Iterable[str]) -> list[Path]:
@@ -210,11 +265,9 @@ def claim_run_folder(
             named), of an older nara without ``run.json``, or of this run while ``resume`` is
             False; or its ``run.json`` is damaged.
     """
-    from nara import __version__
-
     folder = Path(folder)
     other, replace, cont = _HINTS.get(kind, ("a new output folder", "overwrite", None))
-    fields = {**fields, "nara_version": __version__}
+    fields = _with_version(fields)
     digest = fingerprint(fields)
     outputs = list(outputs)
     present = _outputs_present(folder, outputs)

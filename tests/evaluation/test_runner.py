@@ -1,12 +1,16 @@
-"""run_eval: outputs, resume from a partial per-example file, wrong code fails, tables, errors."""
+"""run_eval: outputs, resume of the same run only (torn and damaged files, other runs refused),
+default folders, bad inputs, wrong code fails, tables."""
 
 import json
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
 from nara.data.records import load_records
 from nara.evaluation import resolve, run_eval
 from nara.evaluation.tasks import data_dir, program
+from nara.runs import RunFolderError, fingerprint
 
 
 def make_data(tmp_path):
@@ -54,43 +58,171 @@ def test_outputs_and_scores_with_a_generate_fn(tmp_path):
     assert json.loads((out / "boolq.summary.json").read_text())["correct"] == 5
 
 
+def evaluate(out, data, generate_fn=always_true, **kwargs):
+    """run_eval on the boolq fixture with a fixed generator identity (override per test)."""
+    kwargs.setdefault("identity", {"model": "always-true"})
+    return run_eval(
+        None,
+        None,
+        kwargs.pop("task", "boolq"),
+        output_dir=out,
+        data=data,
+        generate_fn=generate_fn,
+        progress=False,
+        print_table=False,
+        **kwargs,
+    )
+
+
 def test_resume_skips_done_ids_and_drops_a_torn_line(tmp_path):
     data = make_data(tmp_path / "data")
     out = tmp_path / "out"
-    run_eval(
-        None,
-        None,
-        "boolq",
-        output_dir=out,
-        data=data,
-        limit=4,
-        generate_fn=always_true,
-        progress=False,
-        print_table=False,
-    )
-    path = out / "boolq.jsonl"
-    path.write_text(path.read_text() + '{"id": "4", "prom')  # killed mid-write
     calls = []
+
+    def dies_on_third_call(prompts, gen_length):
+        calls.extend(prompts)
+        if len(calls) > 6:
+            raise KeyboardInterrupt
+        return always_true(prompts, gen_length)
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(out, data, dies_on_third_call, batch_size=3)
+    path = out / "boolq.jsonl"
+    assert len(path.read_text().splitlines()) == 6
+    path.write_text(path.read_text() + '{"id": "6", "prom')  # killed mid-write
+    calls.clear()
 
     def counting(prompts, gen_length):
         calls.extend(prompts)
         return always_true(prompts, gen_length)
 
-    result = run_eval(
-        None,
-        None,
-        "boolq",
-        output_dir=out,
-        data=data,
-        generate_fn=counting,
-        batch_size=3,
-        progress=False,
-        print_table=False,
-    )
-    assert len(calls) == 6  # ids 4..9 only
+    with pytest.warns(UserWarning, match="boolq.jsonl line 7 is incomplete"):
+        result = evaluate(out, data, counting, batch_size=3)
+    assert len(calls) == 4  # ids 6..9 only
     ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
     assert ids == [str(i) for i in range(10)]
-    assert result["tasks"]["boolq"]["n"] == 10
+    summary = result["tasks"]["boolq"]
+    assert (summary["n"], summary["n_resumed"], summary["correct"]) == (10, 6, 5)
+    assert result["resumed"] is True
+
+
+def test_a_damaged_middle_line_stops_resume_and_keeps_the_file(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "out"
+    evaluate(out, data, limit=6)
+    path = out / "boolq.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[2] = lines[2][:20] + "\n"  # corrupt line 3, rows 4..6 follow
+    damaged = "".join(lines).encode()
+    path.write_bytes(damaged)
+    with pytest.raises(ValueError, match="boolq.jsonl line 3 is damaged"):
+        evaluate(out, data, limit=6)
+    assert path.read_bytes() == damaged
+
+
+def test_rows_of_other_data_are_refused(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "out"
+    evaluate(out, data, limit=3)
+    path = out / "boolq.jsonl"
+    path.write_text(path.read_text() + json.dumps({"id": "elsewhere-1", "correct": True}) + "\n")
+    with pytest.raises(ValueError, match="line 4 has an id that is not in this run's data"):
+        evaluate(out, data, limit=3)
+
+
+def test_oracle_then_model_into_one_folder_is_refused(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "out"
+    oracle = evaluate(out, data, generate_fn=None, oracle=True)
+    assert oracle["tasks"]["boolq"]["accuracy"] == 100.0
+    before = (out / "boolq.jsonl").read_text()
+    with pytest.raises(RunFolderError, match="oracle: true \\(saved\\) vs false \\(now\\)"):
+        evaluate(out, data)
+    assert (out / "boolq.jsonl").read_text() == before
+    replaced = evaluate(out, data, overwrite=True)
+    assert replaced["tasks"]["boolq"]["accuracy"] == 50.0  # the model's own number
+    assert replaced["tasks"]["boolq"]["n_resumed"] == 0
+
+
+def test_a_smaller_limit_is_refused_never_reported_with_the_old_n(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "out"
+    assert evaluate(out, data, limit=8)["tasks"]["boolq"]["n"] == 8
+    with pytest.raises(RunFolderError, match="limit: 8 \\(saved\\) vs 5 \\(now\\)"):
+        evaluate(out, data, limit=5)
+    assert evaluate(out, data, limit=5, overwrite=True)["tasks"]["boolq"]["n"] == 5
+
+
+def test_default_folders_separate_runs_and_resume_the_same_one(tmp_path, monkeypatch):
+    data = make_data(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    nara = evaluate(None, data, identity={"adapter": "nara-weights"}, label="tiny-nara")
+    lora = evaluate(None, data, identity={"adapter": "lora-weights"}, label="tiny-lora")
+    assert nara["output_dir"] != lora["output_dir"]
+    assert Path(nara["output_dir"]).parent == Path("runs/eval")
+    assert Path(lora["output_dir"]).name.startswith("boolq-tiny-lora-")
+    again = evaluate(
+        None,
+        data,
+        lambda p, n: pytest.fail("nothing left to generate"),
+        identity={"adapter": "nara-weights"},
+        label="tiny-nara",
+    )
+    assert again["output_dir"] == nara["output_dir"] and again["resumed"] is True
+    assert again["tasks"]["boolq"]["accuracy"] == nara["tasks"]["boolq"]["accuracy"]
+
+
+def test_summary_records_the_fingerprint_and_n(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "out"
+    result = evaluate(out, data, limit=4)
+    record = json.loads((out / "run.json").read_text())
+    summary = json.loads((out / "boolq.summary.json").read_text())
+    assert summary["fingerprint"] == record["fingerprint"] == result["fingerprint"]
+    assert summary["n"] == 4 and record["fields"]["limit"] == 4
+    assert record["fields"]["generator"] == {"model": "always-true"}
+    expected = fingerprint(
+        {"records": [asdict(r) for r in load_records(data / "llm-adapters/boolq/test.json")]}
+    )
+    assert record["fields"]["data_sha256"] == {"boolq": expected}
+
+
+@pytest.mark.parametrize("content", ["", "  \n\n", "[]"])
+def test_empty_data_is_an_error_before_generating(tmp_path, content):
+    path = tmp_path / "test.json"
+    path.write_text(content)
+    never = lambda p, n: pytest.fail("generated on empty data")  # noqa: E731
+    with pytest.raises(ValueError, match="'boolq' has no examples"):
+        evaluate(tmp_path / "out", path, never)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"limit": 0}, "limit must be a positive integer, got 0"),
+        ({"limit": -5}, "limit must be a positive integer, got -5"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"batch_size": -1}, "batch_size must be a positive integer, got -1"),
+        ({"n_samples": 0}, "n_samples must be a positive integer"),
+        ({"task": ""}, "task '' names no task"),
+        ({"task": ","}, "task ',' names no task"),
+    ],
+)
+def test_bad_arguments_are_errors_before_generating(tmp_path, kwargs, message):
+    data = make_data(tmp_path / "data")
+    never = lambda p, n: pytest.fail("generated despite a bad argument")  # noqa: E731
+    with pytest.raises(ValueError, match=message):
+        evaluate(tmp_path / "out", data, never, **kwargs)
+
+
+def test_an_output_that_is_a_file_is_refused(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "results.txt"
+    out.write_text("mine")
+    with pytest.raises(RunFolderError, match="results.txt is a file"):
+        evaluate(out, data)
+    assert out.read_text() == "mine"
 
 
 def test_group_table_has_one_column_per_task_and_average(tmp_path):

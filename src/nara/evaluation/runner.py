@@ -1,16 +1,20 @@
 """Run a benchmark (or a group): generate, score, write per-example JSONL + summary, resume.
 
-Output layout under ``output_dir``: ``<task>.jsonl`` (one line per example: id, prompt,
-generation, extracted, gold, correct; code tasks add per-sample sandbox outcomes),
-``<task>.summary.json``, and for several tasks ``summary.json`` with the paper-style table.
-An interrupted run resumes: examples whose id is already in ``<task>.jsonl`` are skipped.
+Output layout under ``output_dir``: ``run.json`` (the run's fingerprint, see :mod:`nara.runs`),
+``<task>.jsonl`` (one line per example: id, prompt, generation, extracted, gold, correct; code
+tasks add per-sample sandbox outcomes), ``<task>.summary.json``, and for several tasks
+``summary.json`` with the paper-style table. An interrupted run resumes (examples whose id is
+already in ``<task>.jsonl`` are skipped) only when the fingerprint matches; a folder that holds
+another run is refused, so reported numbers are always the run's own.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from typing import Any
 from nara.data.records import Record
 from nara.evaluation import scoring, tasks
 from nara.evaluation.sandbox import SandboxLimits, run_programs
+from nara.runs import SHORT_LENGTH, RunLock, claim_run_folder, fingerprint, run_fingerprint
 
 GenerateFn = Callable[[list[str], int], list[str]]
 
@@ -80,18 +85,56 @@ def make_generate_fn(
     return generate_fn
 
 
-def _read_done(path: Path) -> list[dict]:
-    """Complete rows of a per-example file; a torn last line (killed mid-write) is dropped."""
+def _read_done(path: Path, wanted: set[str]) -> list[dict]:
+    """The rows already in a per-example file, checked; a torn last line is cut off.
+
+    A last line without its newline is what a kill mid-write leaves: it is dropped with a
+    warning. Any other damage (a bad line before valid ones, a duplicate id, an id that is not
+    in this run's data) stops the run: rewriting the file would lose later rows.
+
+    Raises:
+        ValueError: the file is damaged or holds rows of other data (names file and line).
+    """
     if not path.exists():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline
+    rows, seen = [], set()
+    for number, line in enumerate(lines, 1):
+        row = _parse_row(line)
+        if row is None:
+            raise ValueError(
+                f"{path} line {number} is damaged (not a JSON row with an id) and rows follow it; "
+                "nara will not rewrite the file: repair or delete that line, or rerun with "
+                "--overwrite (overwrite=True) to start the run over"
+            )
+        rid = str(row["id"])
+        if rid in seen or rid not in wanted:
+            why = "repeats an id" if rid in seen else "has an id that is not in this run's data"
+            raise ValueError(
+                f"{path} line {number} {why} ({rid!r}), so the file is not this run's; "
+                "rerun with --overwrite (overwrite=True) or use another output folder"
+            )
+        seen.add(rid)
+        rows.append(row)
+    if torn:
+        warnings.warn(
+            f"{path} line {len(lines) + 1} is incomplete (the run was stopped mid-write); "
+            "dropping it, that example is evaluated again",
+            stacklevel=3,
+        )
+        with path.open("r+b") as f:
+            f.truncate(len(data) - len(torn))
     return rows
+
+
+def _parse_row(line: bytes) -> dict | None:
+    try:
+        row = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return row if isinstance(row, dict) and "id" in row else None
 
 
 def _score_text_batch(task: tasks.Task, batch: list[Record], generations: list[str]) -> list[dict]:
@@ -169,10 +212,16 @@ def evaluate_task(
     sandbox: SandboxLimits,
     workers: int | None,
     progress: bool,
+    run_id: str | None = None,
 ) -> dict:
-    """Evaluate one task on `records`, appending to ``<task>.jsonl``; returns its summary."""
+    """Evaluate one task on `records`, appending to ``<task>.jsonl``; returns its summary.
+
+    Rows already in the file (same run, interrupted) are kept and their examples skipped; the
+    caller makes sure the file belongs to this run (see :func:`run_eval`).
+    """
     path = output_dir / f"{task.name}.jsonl"
-    done = _read_done(path)
+    done = _read_done(path, {str(r.meta.get("id")) for r in records})
+    resumed = len(done)
     seen = {str(r["id"]) for r in done}
     pending = [r for r in records if str(r.meta.get("id")) not in seen]
     start = time.monotonic()
@@ -205,6 +254,8 @@ def evaluate_task(
     if bar is not None:
         bar.close()
     summary = _summarize(task, done, ks, oracle)
+    summary["n_resumed"] = resumed
+    summary["fingerprint"] = run_id
     summary["seconds"] = round(time.monotonic() - start, 2)
     (output_dir / f"{task.name}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -225,7 +276,7 @@ def run_eval(
     tokenizer: Any | None,
     task: str,
     *,
-    output_dir: str | Path,
+    output_dir: str | Path | None = None,
     data: str | Path | None = None,
     hub: str | None = None,
     oracle: bool = False,
@@ -240,32 +291,53 @@ def run_eval(
     workers: int | None = None,
     progress: bool = True,
     print_table: bool = True,
+    identity: Mapping[str, Any] | None = None,
+    label: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `model` (or the gold outputs, ``oracle=True``) on a task, alias or group.
+
+    The output folder records the run's fingerprint (``run.json``, see :mod:`nara.runs`): the
+    generator's `identity`, each task's data hash, `limit`, `oracle`, the samples and sandbox
+    limits. An interrupted run resumes; a folder holding another run is refused before anything
+    is generated, naming the differing fields.
 
     Args:
         model, tokenizer: the dLLM and its tokenizer (both None with ``oracle`` or ``generate_fn``).
         task: a task name/alias, a group (commonsense, math, code, embedded) or a comma list.
-        output_dir: where the per-example JSONL and summaries go; an interrupted run resumes.
+        output_dir: where the per-example JSONL and summaries go; default
+            ``runs/eval/<task>-<label>-<short fingerprint>``, one folder per distinct run.
         data: data directory or the task's file (default: see :func:`tasks.data_dir`).
         hub: Hugging Face dataset name to load instead (single task only).
         oracle: score the datasets' gold outputs / canonical solutions instead of a model.
-        limit: only the first `limit` examples of each task.
+        limit: only the first `limit` examples of each task (a positive int).
         batch_size: prompts per generation call (and problems per sandbox round).
         mask_token_id: required with a model and no `generate_fn`.
         generation: sampler settings; its gen_length overrides the task defaults.
-        generate_fn: `fn(prompts, gen_length) -> texts` replacing the built-in sampler call.
+        generate_fn: `fn(prompts, gen_length) -> texts` replacing the built-in sampler call; it is
+            first called after the checks, so it may load the model lazily.
         n_samples: generations per prompt (code: for pass@k); ks: the k of pass@k.
         sandbox: limits for code execution; workers: parallel sandboxes (default: CPU cores).
+        identity: JSON fields that identify what generates (model and weights hash, adapter,
+            sampler settings). Without it the model's name and `generation`, or the
+            generate_fn's qualified name, stand in: pass it when weights change between runs.
+        label: short name for the default folder (e.g. model and adapter).
+        overwrite: replace the run the output folder holds instead of refusing.
 
     Returns:
-        {"tasks": {name: summary}, "average": mean score, "table": markdown table}.
+        {"tasks": {name: summary}, "average": mean score, "table": markdown table, "skipped",
+        "generation", "output_dir", "fingerprint", "resumed"}.
 
     Raises:
-        ValueError: no way to generate (pass a model + tokenizer + mask_token_id, a
-            generate_fn, or oracle=True).
+        ValueError: no way to generate, no task named, a non-positive limit, batch size or
+            sample count, a task without examples, or an output folder holding another run
+            (:class:`nara.runs.RunFolderError`).
+        FileNotFoundError: no data for a single task (or for every task of a group).
     """
-    selected = tasks.resolve(task)
+    selected = _select(task)
+    for name, value in (("limit", limit), ("batch_size", batch_size), ("n_samples", n_samples)):
+        if value is not None and (isinstance(value, bool) or not value > 0):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not oracle and generate_fn is None:
         if model is None or tokenizer is None or mask_token_id is None:
             raise ValueError(
@@ -275,44 +347,129 @@ def run_eval(
         generate_fn = make_generate_fn(
             model, tokenizer, mask_token_id=mask_token_id, settings=generation
         )
+    n_samples = 1 if oracle else n_samples
+    sandbox = sandbox or SandboxLimits()
+    loaded, skipped = _load(selected, data, hub, limit)
+    fields = {
+        "generator": {"oracle": True}
+        if oracle
+        else dict(identity or {}) or _default_identity(model, generation, generate_fn),
+        "oracle": oracle,
+        "hub": hub,
+        "data_sha256": {t.name: _records_digest(records) for t, records, _ in loaded},
+        "limit": limit,
+        "n_samples": n_samples,
+        "gen_length": generation.gen_length if generation else None,
+    }
+    if any(t.family == "code" for t, _, _ in loaded):
+        fields["sandbox"] = json.loads(json.dumps(asdict(sandbox), default=str))
+    if output_dir is None:
+        output_dir = _default_folder(task, label or ("oracle" if oracle else "model"), fields)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    summaries, skipped = [], {}
+    digest = run_fingerprint(fields)
+    with RunLock(output_dir):
+        resumed = claim_run_folder(
+            output_dir, fields, kind="eval", outputs=RUN_OUTPUTS, overwrite=overwrite
+        )
+        summaries = [
+            evaluate_task(
+                t,
+                records[:limit],
+                output_dir,
+                generate_fn=generate_fn,
+                oracle=oracle,
+                batch_size=batch_size,
+                gen_length=generation.gen_length if generation else None,
+                n_samples=n_samples,
+                ks=ks,
+                sandbox=sandbox,
+                workers=workers,
+                progress=progress,
+                run_id=digest,
+            )
+            for t, _, records in loaded
+        ]
+        table = format_table(summaries)
+        result = {
+            "tasks": {s["task"]: s for s in summaries},
+            "average": sum(s["score"] for s in summaries) / len(summaries),
+            "table": table,
+            "skipped": skipped,
+            "generation": asdict(generation) if generation else None,
+            "output_dir": str(output_dir),
+            "fingerprint": digest,
+            "resumed": resumed,
+        }
+        if len(summaries) > 1:
+            (output_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    if print_table:
+        print(table)
+    return result
+
+
+RUN_OUTPUTS = ("*.jsonl", "*.summary.json", "summary.json")
+DEFAULT_ROOT = Path("runs") / "eval"
+
+
+def _select(task: str) -> list[tasks.Task]:
+    selected = tasks.resolve(task)
+    if not selected:
+        raise ValueError(
+            f"task {task!r} names no task; pass a task (boolq, gsm8k, humaneval, "
+            "embedded:arithmetic, ...), a group (commonsense, math, code, embedded) or a comma list"
+        )
+    return selected
+
+
+def _load(
+    selected: list[tasks.Task], data: str | Path | None, hub: str | None, limit: int | None
+) -> tuple[list[tuple[tasks.Task, list[Record], list[Record]]], dict[str, str]]:
+    """(task, all records, the first `limit`) per task with data, and the skipped tasks."""
+    loaded, skipped = [], {}
     for t in selected:
         try:
-            records = tasks.load_task(t, data, hub=hub)[:limit]
+            records = tasks.load_task(t, data, hub=hub)
         except FileNotFoundError as err:
             if len(selected) == 1:
                 raise
             skipped[t.name] = str(err)  # e.g. HellaSwag, not shipped: the group runs without it
             print(f"skipping {t.name}: {err}")
             continue
-        summaries.append(
-            evaluate_task(
-                t,
-                records,
-                output_dir,
-                generate_fn=generate_fn,
-                oracle=oracle,
-                batch_size=batch_size,
-                gen_length=generation.gen_length if generation else None,
-                n_samples=1 if oracle else n_samples,
-                ks=ks,
-                sandbox=sandbox or SandboxLimits(),
-                workers=workers,
-                progress=progress,
+        if not records:
+            source = f"hub dataset {hub}" if hub else f"data under {tasks.data_dir(data)}"
+            raise ValueError(
+                f"task {t.name!r} has no examples ({source} is empty or blank); "
+                "pass a data file that holds records with --data PATH"
             )
-        )
-    table = format_table(summaries)
-    result = {
-        "tasks": {s["task"]: s for s in summaries},
-        "average": sum(s["score"] for s in summaries) / len(summaries),
-        "table": table,
-        "skipped": skipped,
-        "generation": asdict(generation) if generation else None,
-    }
-    if len(summaries) > 1:
-        (output_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    if print_table:
-        print(table)
-    return result
+        ids = [str(r.meta.get("id")) for r in records]
+        if len(set(ids)) < len(ids):
+            repeated = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(
+                f"task {t.name!r}: id {repeated!r} occurs more than once in its data; resume "
+                "keys examples by id, so give every record its own id"
+            )
+        loaded.append((t, records, records[:limit]))
+    if not loaded:
+        raise FileNotFoundError(f"no data for any task of {[t.name for t in selected]}: {skipped}")
+    return loaded, skipped
+
+
+def _records_digest(records: list[Record]) -> str:
+    """sha256 of the examples as parsed, so the data's identity does not depend on its path."""
+    return fingerprint({"records": [asdict(r) for r in records]})
+
+
+def _default_identity(model: Any, generation: GenerationSettings | None, fn: Any) -> dict:
+    if model is not None:
+        name = getattr(getattr(model, "config", None), "_name_or_path", None)
+        return {
+            "model": name or type(model).__name__,
+            "generation": asdict(generation or GenerationSettings()),
+        }
+    return {"generate_fn": f"{fn.__module__}.{fn.__qualname__}"}
+
+
+def _default_folder(task: str, label: str, fields: Mapping[str, Any]) -> Path:
+    """``runs/eval/<task>-<label>-<short fingerprint>``: distinct runs never share a folder."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{task}-{label}").strip("_.-")[:80]
+    return DEFAULT_ROOT / f"{slug}-{run_fingerprint(fields, length=SHORT_LENGTH)}"
