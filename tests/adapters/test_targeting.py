@@ -103,7 +103,15 @@ def test_corrupted_or_truncated_weights_are_reported(tiny_lm, tmp_path, damage):
     file = tmp_path / "adapter_model.safetensors"
     data = file.read_bytes()
     file.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00" * 64 + data[64:])
-    with pytest.raises(ValueError, match=r"corrupted or truncated .* save them again"):
+    with pytest.raises(ValueError, match=r"does not match the sha256 recorded"):
+        nara.load_adapters(tiny_lm(), tmp_path)
+    # a file saved before the hash was recorded: the damage is found when parsing it
+    config = tmp_path / "adapter_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"weights_sha256": None}))
+    with (
+        pytest.warns(UserWarning, match="records no sha256"),
+        pytest.raises(ValueError, match=r"corrupted or truncated .* save them again"),
+    ):
         nara.load_adapters(tiny_lm(), tmp_path)
 
 

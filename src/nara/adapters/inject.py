@@ -8,8 +8,9 @@ config and owns the noise conditioners (NaRA's hypernetworks).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,6 +18,17 @@ from torch import nn
 from nara.adapters.config import AdapterConfig
 from nara.adapters.layer import LAYERS, AdapterLayer, matches
 from nara.adapters.noise import NoiseHub, as_noise_tensor, find_hub
+
+try:
+    from re import _parser as _regex_parser  # Python >= 3.11
+except ImportError:  # Python 3.10
+    import sre_parse as _regex_parser  # type: ignore[no-redef]
+
+_REPEATS = {
+    getattr(_regex_parser, op)
+    for op in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
+    if hasattr(_regex_parser, op)
+}
 
 # last names of output heads, recognised when the model has no get_output_embeddings()
 _HEAD_NAMES = ("lm_head", "ff_out", "output", "head", "embed_out")
@@ -42,16 +54,88 @@ def _examples(linears: dict[str, nn.Linear]) -> str:
     return f"linear layers here are named e.g. {full} (last names: {last[:12]})"
 
 
+def _children(value: object) -> Iterator[Any]:
+    """The parsed sub-patterns inside one node's argument (nested in tuples and lists)."""
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(item, _regex_parser.SubPattern):
+            yield item
+        elif isinstance(item, (tuple, list)):
+            yield from _children(item)
+
+
+def _nodes(parsed: Any) -> Iterator[tuple[Any, Any]]:
+    """Every (opcode, argument) node of a parsed regex, depth first."""
+    for op, value in parsed:
+        yield op, value
+        for child in _children(value):
+            yield from _nodes(child)
+
+
+def _repeats(op: Any, value: Any) -> bool:
+    return op in _REPEATS and value[1] > 1
+
+
+def compile_target_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a ``target_modules`` regex, refusing the ones that can backtrack catastrophically.
+
+    A repetition whose body holds another repetition or an alternation (``(a+)+``, ``(.|.)*``)
+    can take exponential time on a name it does not match, so it would hang adding or loading
+    adapters; such patterns are refused before any matching. Patterns that only chain
+    repetitions (``.*\\.(q|v)_proj``, ``layers\\.\\d+\\.q_proj``) are accepted.
+
+    Raises:
+        ValueError: the pattern is not a valid regex, or it nests repetitions.
+    """
+    try:
+        compiled = re.compile(pattern)
+        parsed = _regex_parser.parse(pattern)
+    except re.error as err:
+        raise ValueError(
+            f"target_modules {pattern!r} is not a valid regex ({err}); fix it, or pass a list of "
+            "module names such as ['q_proj', 'v_proj']"
+        ) from err
+    for op, value in _nodes(parsed):
+        if _repeats(op, value) and any(
+            _repeats(o, v) or o == _regex_parser.BRANCH for o, v in _nodes(value[2])
+        ):
+            raise ValueError(
+                f"target_modules regex {pattern!r} repeats a group that itself repeats or "
+                "alternates, which can take exponential time to match (catastrophic "
+                "backtracking); write it without nested repetition (e.g. '.*\\.(q|v)_proj') or "
+                "pass a list of module names"
+            )
+    return compiled
+
+
+def _check_new_targets(modules: dict[str, nn.Module], picked: list[str]) -> None:
+    """Raise unless every picked module is a plain nn.Linear that has no adapter yet."""
+    linears = {n for n, m in modules.items() if isinstance(m, nn.Linear)}
+    adapted = [n for n in picked if isinstance(modules[n], AdapterLayer)]
+    if adapted:
+        raise ValueError(
+            f"module(s) {adapted[:4]} already have nara adapters; adapters can be added once per "
+            "module: start from a fresh base model, or load a saved adapter with nara.load_adapters"
+        )
+    wrong = [f"{n} ({type(modules[n]).__name__})" for n in picked if n not in linears]
+    if wrong:
+        examples = _examples({n: m for n, m in modules.items() if n in linears})
+        raise ValueError(
+            f"target_modules selected {wrong[:4]}, which are not nn.Linear; nara adapts linear "
+            f"layers only: name the linear layers inside them. {examples}"
+        )
+
+
 def resolve_targets(model: nn.Module, target_modules: list[str] | str) -> list[str]:
     """Full names of the nn.Linear modules that ``target_modules`` selects.
 
     A list entry matches a module whose name equals it or ends with ``"." + entry``; the output
     head is only matched by its exact full name. A string is a regex matched against full names
-    (``re.fullmatch``), except "all-linear": every nn.Linear but the output head.
+    (``re.fullmatch``, checked by :func:`compile_target_regex`), except "all-linear": every
+    nn.Linear but the output head.
 
     Raises:
-        ValueError: entries that match nothing (with names that do exist), a match that is not an
-            nn.Linear, or a module that already has adapters.
+        ValueError: entries that match nothing (with names that do exist), a regex that nests
+            repetitions, a match that is not an nn.Linear, or a module that already has adapters.
     """
     modules = dict(model.named_modules())
     linears = {n: m for n, m in modules.items() if isinstance(m, nn.Linear)}
@@ -59,7 +143,7 @@ def resolve_targets(model: nn.Module, target_modules: list[str] | str) -> list[s
     if target_modules == "all-linear":
         picked = [n for n in linears if n not in head]
     elif isinstance(target_modules, str):
-        pattern = re.compile(target_modules)
+        pattern = compile_target_regex(target_modules)
         picked = [n for n in modules if n and pattern.fullmatch(n)]
         if not picked:
             raise ValueError(
@@ -79,18 +163,7 @@ def resolve_targets(model: nn.Module, target_modules: list[str] | str) -> list[s
                 f"{_examples(linears)}. Fix the names, or pass 'all-linear'"
             )
         picked = [n for n in modules if any(n in names for names in hits.values())]
-    adapted = [n for n in picked if isinstance(modules[n], AdapterLayer)]
-    if adapted:
-        raise ValueError(
-            f"module(s) {adapted[:4]} already have nara adapters; adapters can be added once per "
-            "module: start from a fresh base model, or load a saved adapter with nara.load_adapters"
-        )
-    wrong = [f"{n} ({type(modules[n]).__name__})" for n in picked if n not in linears]
-    if wrong:
-        raise ValueError(
-            f"target_modules selected {wrong[:4]}, which are not nn.Linear; nara adapts linear "
-            f"layers only: name the linear layers inside them. {_examples(linears)}"
-        )
+    _check_new_targets(modules, picked)
     return picked
 
 
@@ -123,7 +196,15 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         return HIDDEN_STATE_METHODS[config.method].add(model, config)
     if not isinstance(config, AdapterConfig) or config.method not in LAYERS:
         raise TypeError(f"config must be a nara adapter config (e.g. LoRAConfig), got {config!r}")
-    names = resolve_targets(model, config.target_modules)
+    return wrap_linears(model, config, resolve_targets(model, config.target_modules))
+
+
+def wrap_linears(model: nn.Module, config: AdapterConfig, names: list[str]) -> nn.Module:
+    """``add_adapters`` on the nn.Linear modules with these exact full ``names``.
+
+    No target rule is applied: loading passes the names an adapter file records, so a saved
+    ``target_modules`` regex is never evaluated on load.
+    """
     if find_hub(model) is not None:
         raise ValueError(
             "this model already has nara adapters on other modules; nara keeps one adapter config "
@@ -141,7 +222,7 @@ def add_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        layer = layer_cls(getattr(parent, child), config)
+        layer = layer_cls.build(getattr(parent, child), config, name)
         layer.attach(hub, keys.get(name))
         setattr(parent, child, layer)
     for p in adapter_parameters(model).values():

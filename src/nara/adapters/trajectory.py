@@ -38,7 +38,6 @@ It is not a weight update, so ``nara.merge_adapters`` refuses it.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,10 +51,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from nara.adapters.config import AdapterConfig, _check, _field
-from nara.adapters.inject import HIDDEN_STATE_METHODS, HiddenStateMethod, add_adapters
+from nara.adapters.inject import (
+    HIDDEN_STATE_METHODS,
+    HiddenStateMethod,
+    add_adapters,
+    compile_target_regex,
+)
 from nara.adapters.layer import matches, per_sample
 from nara.adapters.noise import Conditioner, NoiseHub, find_hub
-from nara.adapters.save import WEIGHTS_NAME, fingerprint, read_config, read_tensors
+from nara.adapters.save import WEIGHTS_NAME, fingerprint, read_config, read_weights
 
 RANK_RULES = ("decreasing", "constant", "increasing")
 # λ arrives as float32: keep λ = 1/3 on the boundary 1/3 (lower-noise phase) despite rounding.
@@ -278,7 +282,7 @@ def resolve_places(model: nn.Module, spec: list[str] | str) -> dict[str, int]:
         name, blocks = _block_list(model)
         picked = {f"{name}.{i}" for i in range(len(blocks))}
     elif isinstance(spec, str):
-        pattern = re.compile(spec)
+        pattern = compile_target_regex(spec)
         picked = {n for n in modules if pattern.fullmatch(n)}
         if not picked:
             raise ValueError(
@@ -511,7 +515,7 @@ def _read_source(model: nn.Module, source: Path) -> tuple[dict, dict[str, torch.
             "than this one; compose adapters trained on this base model"
         )
     prefix = "nara_hub.trajectories.0."
-    tensors = read_tensors(source / WEIGHTS_NAME)
+    tensors = read_weights(source, meta)
     return meta["config"], {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
