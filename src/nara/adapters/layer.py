@@ -50,6 +50,8 @@ class AdapterLayer(nn.Linear):
 
     method: ClassVar[str] = ""
     adapter_names: ClassVar[tuple[str, ...]] = ()
+    # why ``merge`` is refused (an update that is not a fixed weight), or None when it merges
+    merge_refusal: ClassVar[str | None] = None
 
     def __init__(self, base: nn.Linear, config: AdapterConfig) -> None:
         # allocate nothing: the base's own weight and bias are taken over below
@@ -61,7 +63,14 @@ class AdapterLayer(nn.Linear):
         self.cond_key: str | None = None
         self.merged = False
         self._weight_before_merge: torch.Tensor | None = None
+        self._bias_before_merge: nn.Parameter | None = None
         object.__setattr__(self, "_hub", None)  # a reference, not a submodule
+
+    @classmethod
+    def build(cls, base: nn.Linear, config: AdapterConfig, name: str) -> AdapterLayer:
+        """The layer for target ``name`` (full module name); methods whose layers differ by
+        target, such as (IA)³'s feed-forward layers, override this."""
+        return cls(base, config)
 
     @classmethod
     def conditioners(
@@ -117,22 +126,37 @@ class AdapterLayer(nn.Linear):
         """The weight that makes the plain linear equal this layer: W + ΔW by default."""
         return self.weight + self.delta_weight(cond)
 
+    def merged_bias(self, cond: torch.Tensor | None) -> torch.Tensor | None:
+        """The bias that goes with ``merged_weight``: the base bias unchanged by default."""
+        return self.bias
+
     @torch.no_grad()
     def merge(self, cond: torch.Tensor | None) -> None:
-        """Fold the update into ``weight``; a copy of the original is kept for ``unmerge``."""
+        """Fold the update into ``weight`` (and ``bias``); the originals are kept for ``unmerge``.
+
+        A method that changes the bias gets a new frozen bias tensor (also on a layer that had
+        none, e.g. BitFit on LLaDA); ``unmerge`` puts the original one (or None) back.
+        """
         if self.merged:
             raise RuntimeError("adapters are already merged; call nara.unmerge_adapters first")
+        if self.merge_refusal is not None:
+            raise ValueError(f"{self.method} adapters cannot be merged: {self.merge_refusal}")
         new = self.merged_weight(cond).to(self.weight.dtype)
+        bias = self.merged_bias(cond)
         self._weight_before_merge = self.weight.detach().clone()
+        self._bias_before_merge = self.bias
         self.weight.copy_(new)
+        if bias is not self.bias:
+            self.bias = nn.Parameter(bias.detach().to(self.weight.dtype), requires_grad=False)
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Restore the original weight bit-exactly."""
+        """Restore the original weight and bias bit-exactly."""
         if self.merged:
             self.weight.copy_(self._weight_before_merge)
-            self._weight_before_merge = None
+            self.bias = self._bias_before_merge
+            self._weight_before_merge = self._bias_before_merge = None
             self.merged = False
 
     def extra_repr(self) -> str:

@@ -232,6 +232,9 @@ class LLaDABlock(GradientCheckpointingLayer):
         self.ff_proj = nn.Linear(d, config.mlp_hidden_size, bias=config.include_bias)  # gate
         self.up_proj = nn.Linear(d, config.mlp_hidden_size, bias=config.include_bias)
         self.ff_out = nn.Linear(config.mlp_hidden_size, d, bias=config.include_bias)  # down
+        # Key/value hook, None or a callable (k, v, key_mask) -> (k, v, key_mask) run after the
+        # rotary embedding: prefix tuning (nara.adapters.prefix) prepends learned keys/values.
+        self.kv_prefix = None
 
     def forward(
         self,
@@ -253,6 +256,8 @@ class LLaDABlock(GradientCheckpointingLayer):
         k = self.k_proj(h).view(b, t, self.n_kv_heads, -1).transpose(1, 2)  # (B, H_kv, T, D)
         v = self.v_proj(h).view(b, t, self.n_kv_heads, -1).transpose(1, 2)  # (B, H_kv, T, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.kv_prefix is not None:
+            k, v, key_mask = self.kv_prefix(k, v, key_mask)  # (B, H_kv, n + T, D)
         y = bidirectional_attention(q, k, v, key_mask)  # (B, H, T, D)
         return self.attn_out(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, d_model)
 
