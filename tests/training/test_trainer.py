@@ -7,41 +7,12 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_support import run_config
 
 from nara.training import checkpoint as ckpt
-from nara.training.config import load_recipe
 from nara.training.metrics import read_metrics
 from nara.training.optim import build_optimizer, build_scheduler, parameter_groups
 from nara.training.trainer import Trainer
-
-
-def run_config(tiny_model_dir, arith_files, output_dir, *extra):
-    train, val = arith_files
-    return load_recipe(
-        None,
-        [
-            f"model.name={tiny_model_dir}",
-            f"data.source={train}",
-            f"data.val_source={val}",
-            "data.max_examples=32",
-            "data.val_max_examples=8",
-            "data.max_length=16",
-            "adapter.method=nara",
-            "adapter.r=4",
-            "adapter.hidden_sizes=[16]",
-            "adapter.dropout=0.1",  # dropout exercises the restored RNG
-            "training.lr=3e-3",
-            "training.hyper_lr=1e-3",
-            "training.batch_size=4",
-            "training.grad_accum=2",
-            "training.max_steps=10",
-            "training.warmup_ratio=0.2",
-            "training.eval_every=5",
-            "training.save_every=3",
-            f"output_dir={output_dir}",
-            *extra,
-        ],
-    )
 
 
 def test_groups_give_the_hypernetwork_its_own_lr_and_no_decay_on_vectors():

@@ -72,3 +72,36 @@ def arith_files(tmp_path_factory) -> tuple[Path, Path]:
     train = write_jsonl(folder / "train.jsonl", arithmetic_records(64, seed=0))
     val = write_jsonl(folder / "val.jsonl", arithmetic_records(16, seed=1))
     return train, val
+
+
+def run_config(tiny_model_dir, arith_files, output_dir, *extra):
+    """The resume tests' recipe: NaRA with dropout, 10 updates, validation every 5, a checkpoint
+    every 3, on the tiny saved model; ``extra`` overrides come last."""
+    from nara.training.config import load_recipe
+
+    train, val = arith_files
+    return load_recipe(
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            f"data.source={train}",
+            f"data.val_source={val}",
+            "data.max_examples=32",
+            "data.val_max_examples=8",
+            "data.max_length=16",
+            "adapter.method=nara",
+            "adapter.r=4",
+            "adapter.hidden_sizes=[16]",
+            "adapter.dropout=0.1",  # dropout exercises the restored RNG
+            "training.lr=3e-3",
+            "training.hyper_lr=1e-3",
+            "training.batch_size=4",
+            "training.grad_accum=2",
+            "training.max_steps=10",
+            "training.warmup_ratio=0.2",
+            "training.eval_every=5",
+            "training.save_every=3",
+            f"output_dir={output_dir}",
+            *extra,
+        ],
+    )

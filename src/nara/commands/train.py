@@ -10,12 +10,15 @@ train ...` or `torchrun --nproc_per_node N -m nara.cli train ...`.
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 EXAMPLES = """examples:
   nara train configs/demo.yaml
   nara train demo training.max_steps=20 output_dir=runs/quick
   nara train configs/llada8b/math_nara.yaml training.lr=5e-5 adapter.r=16
   nara train configs/llada8b/math_nara.yaml training.resume=latest   # continue a killed run
+  nara train demo training.overwrite=true                             # replace the run in output_dir
   nara train demo --print-config                                     # validated config, no run
   nara train --adapter-help nara                                      # the adapter.* keys of NaRA
   accelerate launch --config_file configs/accelerate/ddp.yaml -m nara.cli train \\
@@ -61,8 +64,29 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from nara.training.trainer import train
 
-    result = train(config, show_progress=not args.no_progress)
+    try:
+        result = train(config, show_progress=not args.no_progress)
+    except KeyboardInterrupt as stop:
+        print(interrupted_message(args, stop), file=sys.stderr)
+        return 130
     print(f"done: {result.steps} updates, adapter in {result.final_adapter}")
     if result.best_val_loss is not None:
         print(f"best validation loss {result.best_val_loss:.4f} (adapter in {result.best_adapter})")
     return 0
+
+
+def interrupted_message(args: argparse.Namespace, stop: KeyboardInterrupt) -> str:
+    """What Ctrl-C left behind and the exact command that continues the run."""
+    from nara.training.trainer import TrainingInterrupted
+
+    kept = [
+        o for o in args.overrides if not o.startswith(("training.resume=", "training.overwrite="))
+    ]
+    again = shlex.join(["nara", "train", args.config, *kept, "training.resume=latest"])
+    if not isinstance(stop, TrainingInterrupted):
+        return f"nara train: interrupted before the first update; start it again with: {again}"
+    if stop.checkpoint is None:
+        saved = "no checkpoint was saved yet (training.save_every sets how often), so it restarts"
+    else:
+        saved = f"its newest complete checkpoint is {stop.checkpoint}"
+    return f"nara train: interrupted at update {stop.step}; {saved}; continue with: {again}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -90,7 +91,9 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         if annotation is float:
             if isinstance(value, bool):
                 raise ValueError("expected a number")
-            return float(value)
+            if not math.isfinite(number := float(value)):
+                raise ValueError("expected a finite number")
+            return number
         if annotation is str:
             if isinstance(value, (list, dict, tuple)) or value is None:
                 raise ValueError("expected a string")
@@ -358,7 +361,15 @@ class TrainingSection(Section):
         [], "Extra trackers: tensorboard and/or wandb (must be installed).", None
     )
     resume: str | None = option(
-        None, "Resume from a checkpoint folder, or 'latest' (the newest under output_dir)."
+        None,
+        "Continue a run: 'latest' (the newest complete checkpoint under output_dir; with none "
+        "yet, the run starts from scratch and says so) or a checkpoint folder. The recipe must "
+        "match the checkpoint's (model, adapter, data, optimisation, steps, seed).",
+    )
+    overwrite: bool = option(
+        False,
+        "Replace the run in a used output_dir (its checkpoints, best/, final/ and metrics are "
+        "deleted first). Without it or resume, a used output_dir is refused.",
     )
 
     def __post_init__(self) -> None:
@@ -377,6 +388,11 @@ class TrainingSection(Section):
             self._check(name, getattr(self, name) is None or getattr(self, name) >= 1, ">= 1")
         self._check("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1")
         self._check("log_every", self.log_every >= 1, ">= 1")
+        self._check(
+            "overwrite",
+            not (self.overwrite and self.resume),
+            "false when training.resume is set (continue the run, or replace it, not both)",
+        )
         bad = [t for t in self.report_to if t not in ("tensorboard", "wandb")]
         self._check("report_to", not bad, "a list drawn from: tensorboard, wandb")
 
@@ -506,10 +522,31 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeCon
             raise FileNotFoundError(
                 f"recipe {str(path)!r} not found; pass a YAML path or a name from `nara recipes`"
             )
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"recipe {path} must be a YAML mapping of sections")
     return RecipeConfig.from_dict(apply_overrides(raw, list(overrides)))
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document of ``path``.
+
+    Raises:
+        ConfigError: naming the file, the line and the parser's message.
+    """
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(
+            str(p) for p in (getattr(err, "context", None), getattr(err, "problem", None)) if p
+        )
+        raise ConfigError(
+            f"recipe {path}{where} is not valid YAML: {what or err}; fix the file"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"recipe {path} is not UTF-8 text ({err.reason}); fix the file") from None
 
 
 def schema_help() -> str:

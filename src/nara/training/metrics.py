@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,22 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a metrics JSONL file."""
-    lines = Path(path).read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    """The records of a metrics JSONL file; a torn line (a run killed mid-write) is skipped with a
+    warning naming the file and line."""
+    path = Path(path)
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            warnings.warn(
+                f"{path}, line {number}: not a JSON record (torn by a killed run?); skipped",
+                stacklevel=2,
+            )
+            continue
+        records.append(record)
+    return records

@@ -14,7 +14,11 @@ and calls small named steps: loss + backward, optimizer update, logging, evaluat
 Determinism (what makes resume and data parallelism exact): the data order is a permutation seeded
 by (seed, epoch); the noise of global micro-batch g is drawn from a generator seeded by (seed, g),
 so it does not depend on which process runs the micro-batch; dropout uses the global RNG, which
-the checkpoint restores.
+the checkpoint restores (each process's own).
+
+Runs never mix: the output folder is locked for the run (a second run into it fails at once) and
+holds a ``run.json`` fingerprint (:func:`run_fields`). A used folder is refused unless
+``training.resume=latest`` continues the same run or ``training.overwrite=true`` replaces it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,17 +35,40 @@ import torch
 
 from nara.data.collate import Collator
 from nara.training import checkpoint as ckpt
-from nara.training.config import RecipeConfig
+from nara.training.config import ConfigError, RecipeConfig
 from nara.training.data import EpochSampler, split_records, tokenize
 from nara.training.metrics import MetricsLogger
 from nara.training.optim import build_optimizer, build_scheduler
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, index) over 63 bits
 
+# what a training run writes into output_dir (training.overwrite removes exactly these)
+OUTPUTS = ("checkpoints", "best", "final", "metrics.jsonl", "config.yaml", "run_info.json")
+# recipe keys that do not change the trained weights: they may differ when a run is resumed
+_BOOKKEEPING = (
+    "resume",
+    "overwrite",
+    "report_to",
+    "log_every",
+    "eval_every",
+    "save_every",
+    "keep_checkpoints",
+    "gradient_checkpointing",
+)
+
 
 def noise_seed(seed: int, index: int, salt: int = 0) -> int:
     """Seed of the noise draw for micro-batch ``index`` (validation uses ``salt=1``)."""
     return (seed * _SEED_MIX + index * 2 + salt) % (2**63)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: nothing was left half-written; ``checkpoint`` is the newest
+    complete one (None when none was saved yet)."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        super().__init__(step, checkpoint)
+        self.step, self.checkpoint = step, checkpoint
 
 
 @dataclass
@@ -73,18 +100,31 @@ class Trainer:
         self.cfg = config.training
         self.output_dir = Path(config.output_dir)
         self.state = ckpt.TrainerState()
+        self._lock: Any = None
         self._setup_accelerator()
-        self._setup_model(loaded)
-        self._setup_data()
-        self._setup_optimization()
-        self._resume()
-        self.log = MetricsLogger(
-            self.accelerator,
-            self.output_dir / "metrics.jsonl",
-            total=self.total_steps,
-            initial=self.state.step,
-            show_progress=show_progress,
-        )
+        try:
+            resume = self._claim_output_dir()
+            self._setup_model(loaded)
+            self._setup_data()
+            self._setup_optimization()
+            self._resume(resume)
+            self.log = MetricsLogger(
+                self.accelerator,
+                self.output_dir / "metrics.jsonl",
+                total=self.total_steps,
+                initial=self.state.step,
+                show_progress=show_progress,
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the output folder's lock (done by :meth:`train`; call it for a Trainer that is
+        built but never trained)."""
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
 
     # ------------------------------------------------------------------ setup
 
@@ -107,6 +147,63 @@ class Trainer:
             project_dir=str(self.output_dir),
         )
         set_seed(self.cfg.seed)
+
+    def _claim_output_dir(self) -> Path | None:
+        """Lock ``output_dir`` and check what it holds, on the main process before the model
+        loads; every process gets the outcome. Returns the checkpoint to resume from."""
+        from accelerate.utils import DistributedType, broadcast_object_list
+
+        acc = self.accelerator
+        sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        if sharded and (self.cfg.save_every or self.cfg.resume):
+            raise ConfigError(
+                f"training.save_every / training.resume under {acc.distributed_type}: resumable "
+                "checkpoints support single-process and DDP runs; unset them or launch with DDP"
+            )
+        outcome: list[Any] = [None]
+        if acc.is_main_process:
+            try:
+                outcome = [self._claim_on_main()]
+            except Exception as err:  # re-raised on every process below
+                outcome = [err]
+        if acc.num_processes > 1:
+            outcome = broadcast_object_list(outcome)
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        path, self.token = outcome[0]
+        return None if path is None else Path(path)
+
+    def _claim_on_main(self) -> tuple[str | None, int]:
+        """(checkpoint to resume or None, this run's token for temporary folder names)."""
+        from nara.runs import RunLock, claim_run_folder
+
+        c = self.cfg
+        self._lock = RunLock(self.output_dir).__enter__()
+        ckpt.remove_partial(self.output_dir)
+        path = ckpt.resolve_resume(c.resume, self.output_dir)
+        fields = run_fields(self.config)
+        if path is not None:
+            check_same_run(path, fields)
+
+        def claim(overwrite: bool) -> bool:
+            return claim_run_folder(
+                self.output_dir,
+                fields,
+                kind="train",
+                outputs=OUTPUTS,
+                overwrite=overwrite,
+                resume=c.resume is not None,
+            )
+
+        continues = claim(c.overwrite)
+        if c.resume == "latest" and path is None:
+            if continues:  # this run's outputs, but killed before its first complete checkpoint
+                claim(True)
+            print(
+                f"training.resume=latest: no complete checkpoint in {self.output_dir}; "
+                "starting from scratch"
+            )
+        return (None if path is None else str(path)), os.getpid()
 
     def _setup_model(self, loaded: Any) -> None:
         """Base model (frozen) + adapters; trainable weights in float32 under autocast."""
@@ -183,29 +280,53 @@ class Trainer:
             total_steps=self.total_steps,
         )
         self.scheduler = acc.prepare(scheduler)
-        acc.register_for_checkpointing(self.state)
-        acc.register_save_state_pre_hook(ckpt.keep_trainable_hook)
 
-    def _resume(self) -> None:
-        path = ckpt.resolve_resume(self.cfg.resume, self.output_dir)
+    def _resume(self, path: Path | None) -> None:
+        """Weights, optimizer, scheduler, this process's RNG and the counters from ``path``."""
         if path is None:
             return
-        # strict=False: checkpoints hold only the trainable weights (see keep_trainable_hook)
-        self.accelerator.load_state(str(path), strict=False)
-        if self.accelerator.is_main_process:
+        acc = self.accelerator
+        saved = ckpt.load_json(path / ckpt.TRAINER_STATE)
+        if saved["world_size"] != acc.num_processes:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} was written by {saved['world_size']} process(es), this run "
+                f"has {acc.num_processes}; resume it with {saved['world_size']} (the data order "
+                "and RNG streams are per process)"
+            )
+        # the checkpoint holds only the trainable weights: the frozen base is not state
+        acc.unwrap_model(self.model).load_state_dict(
+            ckpt.load_weights(path / ckpt.WEIGHTS), strict=False
+        )
+        self.optimizer.load_state_dict(ckpt.load_tensors(path / ckpt.OPTIMIZER))
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if acc.scaler is not None:
+            acc.scaler.load_state_dict(saved["scaler"])
+        ckpt.set_rng_state(ckpt.load_weights(path / ckpt.rng_name(acc.process_index)))
+        self.state.load_state_dict(saved["trainer"])
+        if acc.is_main_process:
             ckpt.truncate_metrics(self.output_dir / "metrics.jsonl", self.state.step)
-        self.accelerator.print(f"resumed from {path} at update {self.state.step}")
+        acc.print(f"resumed from {path} at update {self.state.step}")
 
     # ------------------------------------------------------------------ loop
 
     def train(self) -> TrainResult:
-        """Run until ``total_steps`` updates; returns where the adapters were written."""
-        self._write_config()
-        self.accelerator.init_trackers("nara", config=_flat(self.config.to_dict()))
-        for batch in self._micro_batches():
-            if self._micro_step(batch):
-                self._after_update()
-        return self._finish()
+        """Run until ``total_steps`` updates; returns where the adapters were written.
+
+        Raises:
+            TrainingInterrupted: on Ctrl-C, with the step and the newest complete checkpoint.
+        """
+        try:
+            self._write_config()
+            self.accelerator.init_trackers("nara", config=_flat(self.config.to_dict()))
+            for batch in self._micro_batches():
+                if self._micro_step(batch):
+                    self._after_update()
+            return self._finish()
+        except KeyboardInterrupt:
+            found = ckpt.list_checkpoints(self.output_dir)
+            raise TrainingInterrupted(self.state.step, found[-1] if found else None) from None
+        finally:
+            self.close()
 
     def _micro_batches(self):
         """Micro-batches across epochs, resuming mid-epoch where the state says."""
@@ -303,25 +424,53 @@ class Trainer:
         return val_loss
 
     def _save_checkpoint(self) -> None:
+        """Checkpoint ``step_N``, written in a temporary folder that the main process seals
+        (checksums, then rename) once every process wrote its RNG state."""
         acc = self.accelerator
-        path = ckpt.checkpoint_dir(self.output_dir, self.state.step)
-        acc.save_state(str(path))
-        self._save_adapter(path / "adapter", {})
-        if acc.is_main_process:
-            (path / "config.yaml").write_text(self.config.to_yaml())
-            ckpt.prune_checkpoints(self.output_dir, self.cfg.keep_checkpoints)
-        acc.wait_for_everyone()
+        final = ckpt.checkpoint_dir(self.output_dir, self.state.step)
+        with ckpt.writing(ckpt.temporary_dir(final, self.token), str(final)) as tmp:
+            if acc.is_main_process:
+                tmp.mkdir(parents=True, exist_ok=True)
+            acc.wait_for_everyone()
+            ckpt.save_weights(tmp / ckpt.rng_name(acc.process_index), ckpt.rng_state())
+            self._save_adapter(tmp / "adapter", {})
+            if acc.is_main_process:
+                self._write_training_state(tmp)
+                ckpt.seal(tmp, final, self.state.step)
+                ckpt.prune_checkpoints(self.output_dir, self.cfg.keep_checkpoints)
+            acc.wait_for_everyone()
+
+    def _write_training_state(self, folder: Path) -> None:
+        """Trainable weights, optimizer (tensors only), scheduler, counters and the run's fields."""
+        acc = self.accelerator
+        model = acc.unwrap_model(self.model)
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        ckpt.save_weights(folder / ckpt.WEIGHTS, trainable)
+        ckpt.save_tensors(folder / ckpt.OPTIMIZER, self.optimizer.state_dict())
+        state = {
+            "format": ckpt.FORMAT,
+            "world_size": acc.num_processes,
+            "trainer": self.state.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+            "run": run_fields(self.config),
+        }
+        ckpt.save_json(folder / ckpt.TRAINER_STATE, state)
+        (folder / "config.yaml").write_text(self.config.to_yaml())
 
     def _save_adapter(self, path: Path, info: dict[str, Any]) -> None:
-        """Adapter folder (``save_adapters``) + a JSON of where it came from; main process only."""
+        """Adapter folder (``save_adapters``) + a JSON of where it came from, written aside and
+        renamed into place, so ``best/`` and ``final/`` are never half-written; main process."""
         from nara.adapters import save_adapters
 
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            save_adapters(acc.unwrap_model(self.model), path)
-            record = {"step": self.state.step, "base_model": self.config.model.name, **info}
-            (Path(path) / "nara_run.json").write_text(json.dumps(record, indent=2) + "\n")
+            with ckpt.writing(ckpt.temporary_dir(path, self.token), str(path)) as tmp:
+                save_adapters(acc.unwrap_model(self.model), tmp)
+                record = {"step": self.state.step, "base_model": self.config.model.name, **info}
+                (tmp / "nara_run.json").write_text(json.dumps(record, indent=2) + "\n")
+                ckpt.replace_dir(tmp, path)
         acc.wait_for_everyone()
 
     def _write_config(self) -> None:
@@ -368,6 +517,51 @@ class Trainer:
 def train(config: RecipeConfig, *, loaded: Any = None, show_progress: bool = True) -> TrainResult:
     """Run a recipe end to end (see :class:`Trainer`)."""
     return Trainer(config, loaded=loaded, show_progress=show_progress).train()
+
+
+def run_fields(config: RecipeConfig) -> dict[str, Any]:
+    """The recipe fields that define a run's results, plus the sha256 of local data files.
+
+    Left out: bookkeeping that does not change the weights (``_BOOKKEEPING``: resume, logging,
+    evaluation and checkpoint cadence, gradient checkpointing) and ``output_dir``. The step count
+    and epochs stay in: the learning-rate schedule depends on them, so a run cannot be extended.
+    """
+    from nara.runs import sha256_file
+
+    raw = config.to_dict()
+    data = config.data
+    files = {
+        part: sha256_file(part)
+        for spec in (data.source, data.val_source or "")
+        for part in spec.split("+")
+        if part and Path(part).is_file()
+    }
+    return {
+        "model": raw["model"],
+        "adapter": raw["adapter"],
+        "data": raw["data"],
+        "data_files": files,
+        "training": {k: v for k, v in raw["training"].items() if k not in _BOOKKEEPING},
+    }
+
+
+def check_same_run(path: Path, fields: Mapping[str, Any]) -> None:
+    """Refuse to resume checkpoint ``path`` with other settings than it was trained with.
+
+    Raises:
+        CheckpointError: naming each differing field, e.g. ``adapter.r=8`` vs ``adapter.r=16``.
+    """
+    saved = _flat(ckpt.load_json(path / ckpt.TRAINER_STATE)["run"])
+    now = _flat(dict(fields))
+    keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if keys:
+        was = ", ".join(f"{k}={saved.get(k, '(unset)')}" for k in keys)
+        has = ", ".join(f"{k}={now.get(k, '(unset)')}" for k in keys)
+        raise ckpt.CheckpointError(
+            f"checkpoint {path} was trained with {was}, this run has {has}; resume with the "
+            "checkpoint's settings, or start a new run (a new output_dir, or "
+            "training.overwrite=true)"
+        )
 
 
 def _regularizer(adapter: Any) -> Callable[[torch.nn.Module], torch.Tensor] | None:
