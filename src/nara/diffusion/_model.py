@@ -30,11 +30,15 @@ def denoise(
 ) -> torch.Tensor:
     """Logits (B, T, V) of ``model(input_ids, attention_mask=...)`` with λ (B,) set on the
     adapters (and the local mask density, for NaRA's density input), and the prompt positions,
-    bool (B, T), given to a trajectory router (LoRA-Diffusion composition) if the model has one."""
+    bool (B, T), given to a trajectory router (LoRA-Diffusion composition) if the model has one.
+
+    Position i of the result is the prediction for token i whatever the model family's logit
+    convention (:func:`nara.models.families.token_logits`): every caller reads it that way."""
     from nara.adapters.trajectory import route_context
+    from nara.models.families import token_logits
 
     with noise_context(model, lam, density), route_context(model, prompt):
-        return model(input_ids, attention_mask=attention_mask).logits
+        return token_logits(model, model(input_ids, attention_mask=attention_mask).logits)
 
 
 def check_token_id(model: torch.nn.Module, token_id: int, name: str = "mask_token_id") -> None:

@@ -1,6 +1,20 @@
-"""Base models: nara's native LLaDA, the embedded tiny model, and one loader for all of them."""
+"""Base models: nara's native LLaDA and Dream, the embedded tiny model, and one loader for all."""
 
+from nara.models.dream import DreamConfig, DreamModel, tiny_dream_config
+from nara.models.families import FAMILIES, logit_convention, token_logits
 from nara.models.llada import LLaDAConfig, LLaDAModelLM, tiny_config
 from nara.models.loading import LoadedModel, load_model
 
-__all__ = ["LLaDAConfig", "LLaDAModelLM", "LoadedModel", "load_model", "tiny_config"]
+__all__ = [
+    "FAMILIES",
+    "DreamConfig",
+    "DreamModel",
+    "LLaDAConfig",
+    "LLaDAModelLM",
+    "LoadedModel",
+    "load_model",
+    "logit_convention",
+    "tiny_config",
+    "tiny_dream_config",
+    "token_logits",
+]

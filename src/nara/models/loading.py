@@ -1,9 +1,10 @@
-"""One entry point for every base model: the embedded tiny model, LLaDA folders, other HF models.
+"""One entry point for every base model: the embedded tiny model, LLaDA and Dream folders, others.
 
 ``load_model`` returns the model, its tokenizer and the id of its mask token, which is all the
-diffusion loss and the samplers need. LLaDA checkpoints (``model_type: "llada"``) load into nara's
-native class without ``trust_remote_code``; anything else goes through the transformers Auto
-classes, running the checkpoint's own code only when the caller allows it.
+diffusion loss and the samplers need. The native families (``nara.models.families``: LLaDA's
+``model_type: "llada"``, Dream's ``"Dream"``) load into nara's own classes without
+``trust_remote_code``; anything else goes through the transformers Auto classes, running the
+checkpoint's own code only when the caller allows it, and only when its logit convention is known.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from nara.models.llada import LLaDAModelLM
+from nara.models.families import LOGIT_CONVENTIONS, family_of, logit_convention
 
 logger = logging.getLogger(__name__)
 
@@ -51,22 +52,31 @@ def load_model(
     device: torch.device | str | None = None,
     trust_remote_code: bool = False,
     mask_token_id: int | None = None,
+    logit_convention: str | None = None,
 ) -> LoadedModel:
     """Load a diffusion LM with its tokenizer and mask token id, in eval mode.
 
     Args:
         name_or_path: ``"tiny"`` (the model nara ships, built by ``scripts/build_tiny.py``), a
-            local folder, or a Hugging Face hub name. LLaDA checkpoints load natively.
+            local folder, or a Hugging Face hub name. LLaDA and Dream checkpoints load natively.
         dtype: e.g. ``torch.bfloat16`` or ``"bfloat16"``; default: the checkpoint's dtype.
         device: where to put the weights; they are loaded there directly (no second copy).
-        trust_remote_code: allow a non-LLaDA checkpoint (e.g. Dream) to run its own model code.
+        trust_remote_code: allow a checkpoint of no native family to run its own model code.
         mask_token_id: overrides the id found in the config, the tokenizer or the known families.
+        logit_convention: for a model of no native family that is not a transformers masked LM:
+            ``"aligned"`` (logit i predicts token i) or ``"shifted"`` (logit i predicts token
+            i + 1); recorded as ``model.config.logit_convention``.
 
     Raises:
         FileNotFoundError: the tiny model is not built yet, or the local path does not exist.
         ValueError: the checkpoint's weights do not match its config (missing keys, wrong
-            shapes), or no mask token id can be found.
+            shapes), no mask token id can be found, or the logit convention of a model of no
+            native family is unknown (the message lists the families and the fix).
     """
+    if logit_convention is not None and logit_convention not in LOGIT_CONVENTIONS:
+        raise ValueError(
+            f"logit_convention must be one of {LOGIT_CONVENTIONS}, got {logit_convention!r}"
+        )
     path = _resolve(name_or_path)
     raw = PretrainedConfig.get_config_dict(path)[0]
     placement: dict[str, Any] = {}
@@ -74,10 +84,11 @@ def load_model(
         placement["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if device is not None:
         placement["device_map"] = str(device)
-    if _is_llada(raw):
-        model = _load_checked(LLaDAModelLM, path, **placement)
+    family = family_of(raw)
+    if family is not None:
+        model = _load_checked(family.model_class, path, **placement)
     else:
-        model = _load_auto(path, trust_remote_code, **placement)
+        model = _load_auto(path, trust_remote_code, logit_convention, **placement)
     tokenizer = _load_tokenizer(path, trust_remote_code)
     if mask_token_id is None:
         mask_token_id = _find_mask_token_id(model.config, tokenizer, path)
@@ -114,12 +125,6 @@ def _resolve(name_or_path: str | Path) -> str:
     return text  # a hub name; transformers reports if it cannot be fetched
 
 
-def _is_llada(raw_config: dict[str, Any]) -> bool:
-    return raw_config.get("model_type") == "llada" or "LLaDAModelLM" in (
-        raw_config.get("architectures") or []
-    )
-
-
 def _load_checked(model_class: type[PreTrainedModel], path: str, **kwargs: Any) -> PreTrainedModel:
     """from_pretrained, but a checkpoint that does not fill the model is an error, not a warning."""
     model, info = model_class.from_pretrained(
@@ -148,13 +153,19 @@ def _load_checked(model_class: type[PreTrainedModel], path: str, **kwargs: Any) 
     return model
 
 
-def _load_auto(path: str, trust_remote_code: bool, **kwargs: Any) -> PreTrainedModel:
-    """A non-LLaDA model through the Auto classes: masked LM, then base model, then causal LM.
+def _load_auto(
+    path: str, trust_remote_code: bool, convention: str | None, **kwargs: Any
+) -> PreTrainedModel:
+    """A model of no native family through the Auto classes: masked LM, then base model, then
+    causal LM; refused before any weight is read when its logit convention is unknown.
 
-    Checkpoints with remote code (Dream registers its LM as ``AutoModel``) name their classes in
-    ``auto_map``; for library models, the first Auto class that knows the config wins.
+    Checkpoints with remote code name their classes in ``auto_map``; for library models, the
+    first Auto class that knows the config wins.
     """
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if convention is not None:
+        config.logit_convention = convention
+    logit_convention(config)  # raises, naming the families and the fix, when unknown
     auto_map = getattr(config, "auto_map", None) or {}
     for auto_class in (AutoModelForMaskedLM, AutoModel, AutoModelForCausalLM):
         known = type(config) in auto_class._model_mapping or auto_class.__name__ in auto_map
