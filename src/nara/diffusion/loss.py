@@ -76,6 +76,7 @@ def _check_inputs(
     mask_token_id: int,
     attention_mask: torch.Tensor | None,
     normalization: str,
+    eps: float,
 ) -> None:
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
@@ -97,6 +98,8 @@ def _check_inputs(
             )
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if not 0.0 <= eps < 1.0:  # NaN fails too
+        raise ValueError(f"eps must lie in [0, 1), got {eps}; LLaDA uses eps={EPS}")
     if bool((input_ids[maskable.bool()] == mask_token_id).any()):
         raise ValueError(
             f"the clean input already holds mask_token_id={mask_token_id} at maskable positions; "
@@ -149,10 +152,11 @@ def diffusion_loss(
 
     Raises:
         ValueError: on inconsistent shapes, an unknown normalisation, padding marked maskable,
-            or a mask token id that is out of the vocabulary or already present in the input.
+            a mask token id that is out of the vocabulary or already present in the input, a t
+            outside [0, 1] or NaN, or an eps outside [0, 1).
     """
     check_token_id(model, mask_token_id)
-    _check_inputs(input_ids, maskable, mask_token_id, attention_mask, normalization)
+    _check_inputs(input_ids, maskable, mask_token_id, attention_mask, normalization, eps)
     maskable = maskable.bool()
     if t is None:
         t = torch.rand(input_ids.shape[0], device=input_ids.device, generator=generator)

@@ -98,10 +98,10 @@ def forward_process(
     device = input_ids.device
     if t is None:
         t = torch.rand(b, device=device, generator=generator)
-    elif t.shape != (b,):
-        raise ValueError(f"t must have shape ({b},), got {tuple(t.shape)}")
-    elif bool(((t < 0) | (t > 1)).any()):
-        raise ValueError("t must lie in [0, 1]")
+    elif not isinstance(t, torch.Tensor) or t.shape != (b,):
+        raise ValueError(f"t must be a tensor of shape ({b},), got {t!r}")
+    elif not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails both comparisons
+        raise ValueError(f"every t must lie in [0, 1] (no NaN), got {t[:8].tolist()}")
     p = masking_probability(t.float(), eps)
     draw = torch.rand(b, n, device=device, generator=generator)
     masked = (draw < p[:, None]) & maskable.bool()

@@ -15,12 +15,15 @@ Wu et al. 2025 (Fast-dLLM).
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from nara.diffusion._model import check_token_id, denoise
+from nara.diffusion.dream_sampling import dream_sample, resolve_sampler
 from nara.diffusion.masking import local_mask_density, masked_fraction
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
@@ -84,17 +87,22 @@ def _check_args(
                 "prompts must be left-padded (attention_mask zeros then ones on every row); "
                 "tokenize with padding_side='left'"
             )
-    if gen_length < 1:
-        raise ValueError(f"gen_length must be >= 1, got {gen_length}")
-    if block_length < 1 or gen_length % block_length != 0:
+    for name, value in (
+        ("gen_length", gen_length),
+        ("steps", steps),
+        ("block_length", block_length),
+    ):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if gen_length % block_length != 0:
         raise ValueError(
             f"gen_length={gen_length} must be a multiple of block_length={block_length}; "
             "choose a block_length that divides gen_length"
         )
     num_blocks = gen_length // block_length
-    if steps < 1 or steps % num_blocks != 0:
+    if steps % num_blocks != 0:
         raise ValueError(
-            f"steps={steps} must be a positive multiple of the number of blocks "
+            f"steps={steps} must be a multiple of the number of blocks "
             f"({gen_length} // {block_length} = {num_blocks}) so every block gets the same steps"
         )
     if steps > gen_length:
@@ -104,10 +112,14 @@ def _check_args(
         )
     if remasking not in REMASKING:
         raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0 (0 = no guidance), got {cfg_scale}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(
+            f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}"
+        )
+    if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
+        raise ValueError(
+            f"cfg_scale must be a finite number >= 0 (0 = no guidance), got {cfg_scale}"
+        )
     if threshold is not None:
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
@@ -116,6 +128,44 @@ def _check_args(
                 "threshold decoding needs a model confidence; use remasking='low_confidence', "
                 "'margin' or 'entropy' with a threshold"
             )
+
+
+def max_length(model: torch.nn.Module) -> int | None:
+    """The longest sequence (prompt + answer) the model's config allows, None if it states none.
+
+    Read from ``max_sequence_length`` (LLaDA), ``max_position_embeddings`` (most Hugging Face
+    models, Dream) or ``n_positions``.
+    """
+    config = getattr(model, "config", None)
+    for key in ("max_sequence_length", "max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _check_length(model: torch.nn.Module, prompt_len: int, gen_length: int) -> None:
+    limit = max_length(model)
+    if limit is not None and prompt_len + gen_length > limit:
+        raise ValueError(
+            f"the prompt ({prompt_len} tokens) plus gen_length={gen_length} is "
+            f"{prompt_len + gen_length} tokens, more than this model's maximum sequence length "
+            f"{limit}; use gen_length <= {max(limit - prompt_len, 0)} or a shorter prompt"
+        )
+
+
+def _check_logits(logits: torch.Tensor, block: int, step: int) -> None:
+    """Raise if the model returned NaN or +inf logits, or a position with no finite logit.
+
+    Sampling from such logits silently gives garbage (often an empty answer).
+    """
+    bad = logits.isnan().any() | logits.isposinf().any() | (logits.amax(-1) == -math.inf).any()
+    if bool(bad):
+        raise ValueError(
+            f"the model returned non-finite logits (NaN or inf) at step {step} of block {block}: "
+            "its weights or the adapter's likely hold NaN/inf (a diverged training run), or the "
+            "dtype overflowed (float16); check the weights, or run in bfloat16/float32"
+        )
 
 
 def _sample(
@@ -238,6 +288,10 @@ def generate(
     threshold: float | None = None,
     return_history: bool = False,
     generator: torch.Generator | None = None,
+    sampler: str | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    alg_temp: float | None = None,
 ) -> torch.Tensor | GenerationOutput:
     """Generate answers by iterative unmasking (LLaDA's sampler, batched).
 
@@ -264,7 +318,8 @@ def generate(
 
     Args:
         model: returns an object with ``.logits`` float (B, T, V); bidirectional.
-        input_ids: long (B, P), prompts, left-padded when their lengths differ.
+        input_ids: long (B, P), prompts, left-padded when their lengths differ. P may be 0
+            (or a row all padding): an empty prompt samples unconditionally.
         attention_mask: optional (B, P), 1 real, 0 padding (left padding only).
         mask_token_id: the mask token id.
         gen_length: answer positions to generate.
@@ -279,12 +334,22 @@ def generate(
         threshold: confidence in (0, 1] for parallel decoding; None = fixed schedule.
         return_history: also return the sequence after every step.
         generator: RNG for Gumbel noise and random remasking.
+        sampler: ``"llada"`` (the above), ``"dream"`` (Dream's released sampler,
+            :mod:`nara.diffusion.dream_sampling`: whole answer at once on Dream's time grid, with
+            ``remasking`` = low_confidence / margin / entropy / random standing for Dream's
+            maskgit_plus / topk_margin / entropy / origin), or None for the one released with
+            the model's family (Dream's for Dream models, else LLaDA's).
+        top_p, top_k: nucleus / top-k filtering of each prediction (Dream's sampler only).
+        alg_temp: > 0 draws the positions to reveal from softmax(confidence / alg_temp)
+            instead of taking the most confident ones (Dream's sampler only).
 
     Returns:
         long (B, gen_length) answers, or a :class:`GenerationOutput` with ``return_history``.
 
     Raises:
-        ValueError: on invalid arguments (each message says how to fix it).
+        ValueError: on invalid arguments (each message says how to fix it), a prompt plus
+            ``gen_length`` longer than the model's maximum sequence length (:func:`max_length`),
+            or non-finite logits from the model (NaN weights, float16 overflow).
     """
     block_length = gen_length if block_length is None else block_length
     check_token_id(model, mask_token_id)
@@ -303,6 +368,38 @@ def generate(
         threshold,
     )
     b, prompt_len = input_ids.shape
+    _check_length(model, prompt_len, gen_length)
+    sampler = resolve_sampler(
+        model,
+        sampler,
+        gen_length=gen_length,
+        block_length=block_length,
+        cfg_scale=cfg_scale,
+        threshold=threshold,
+        top_p=top_p,
+        top_k=top_k,
+        alg_temp=alg_temp,
+    )
+    if sampler == "dream":
+        answers, steps_taken = dream_sample(
+            model,
+            input_ids,
+            attention_mask,
+            mask_token_id=mask_token_id,
+            gen_length=gen_length,
+            steps=steps,
+            temperature=temperature,
+            remasking=remasking,
+            top_p=top_p,
+            top_k=top_k,
+            alg_temp=alg_temp,
+            eos_token_id=eos_token_id,
+            return_history=return_history,
+            generator=generator,
+        )
+        if return_history:
+            return GenerationOutput(sequences=answers, history=torch.stack(steps_taken))
+        return answers
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
 
@@ -325,6 +422,7 @@ def generate(
             logits = _block_logits(
                 model, x, attention_mask, prompt_real, answer, mask_token_id, cfg_scale, start, end
             )
+            _check_logits(logits, block, step)
             chosen = _sample(logits, temperature, generator)  # (B, L)
             confidence = _confidence(logits, chosen, remasking, generator)
             if threshold is None:
