@@ -4,7 +4,8 @@ CONFIG is a grid YAML (configs/experiments/*.yaml). Runs go one after another to
 <output>/<name>/<task>/<method>/seed<S>/; a run whose metrics.json exists is skipped, a killed run
 continues from its last checkpoint, so re-running the same command finishes a grid. At the end:
 a noise profile per task and <output>/<name>/results.md (mean ± std over seeds). Overrides are
-dotted key=value pairs into the grid file, values read as YAML.
+dotted key=value pairs into the grid file, values read as YAML. A file with `kind: mechanism`
+runs the mechanism test instead (nara.experiments.mechanism), with the same flags.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ EXAMPLES = """examples:
   nara experiment configs/experiments/methods.yaml --methods base,lora,nara
   nara experiment configs/experiments/methods.yaml --counts
   nara experiment configs/experiments/ablations.yaml tasks=[arithmetic] output=runs/abl
-  nara experiment configs/experiments/methods.yaml --report    # table from finished runs only"""
+  nara experiment configs/experiments/methods.yaml --report    # table from finished runs only
+  nara experiment configs/experiments/mechanism.yaml           # the mechanism test (distillation)"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nara.experiments import mechanism
     from nara.experiments.grid import load_grid
+
+    if mechanism.is_mechanism_file(args.config):  # `kind: mechanism`: the mechanism test
+        return mechanism.run_command(args)
 
     grid = load_grid(args.config, args.overrides)
     only = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None

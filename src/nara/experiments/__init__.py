@@ -13,6 +13,8 @@ _EXPORTS = {
     "RunSpec": "nara.experiments.grid",
     "grid_from_dict": "nara.experiments.grid",
     "load_grid": "nara.experiments.grid",
+    "load_mechanism": "nara.experiments.mechanism",
+    "run_mechanism": "nara.experiments.mechanism",
     "parameter_counts": "nara.experiments.runner",
     "report": "nara.experiments.runner",
     "run_grid": "nara.experiments.runner",

@@ -168,11 +168,14 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[last] = value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str], keys: tuple[str, ...] = KEYS
+) -> dict[str, Any]:
     """Apply dotted ``key=value`` overrides (values parsed as YAML) to a copy of ``raw``.
 
     Raises:
-        ValueError: an override without ``=``, or whose top-level key is not a grid key.
+        ValueError: an override without ``=``, or whose top-level key is not one of ``keys``
+            (the grid keys by default).
     """
     raw = copy.deepcopy(raw)
     for item in overrides:
@@ -182,8 +185,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 f"override {item!r} is not key=value; e.g. recipe.training.max_steps=10"
             )
         key = key.strip()
-        if key.split(".")[0] not in KEYS:
-            raise ValueError(f"override {item!r}: unknown grid key; grid keys: {', '.join(KEYS)}")
+        if key.split(".")[0] not in keys:
+            raise ValueError(f"override {item!r}: unknown key; valid keys: {', '.join(keys)}")
         set_dotted(raw, key, yaml.safe_load(text) if text.strip() else None)
     return raw
 
