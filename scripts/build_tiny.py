@@ -1,11 +1,18 @@
 """Build nara's embedded tiny dLLM: corpus → tokenizer → LLaDA pre-training → src/nara/models/tiny/.
 
-    python scripts/build_tiny.py            # the shipped model (about 35 min on 2 shared CPU cores)
+    python scripts/build_tiny.py --out build/tiny-v2/model   # the shipped model (about 2 h on 2 CPU cores)
+    python scripts/build_tiny.py --out build/tiny-v2/model --resume   # continue after a stop
     python scripts/build_tiny.py --quick    # smoke test in seconds, written to /tmp/nara_tiny_quick
     python scripts/build_tiny.py --steps 400 --out /tmp/tiny   # override any knob
 
 Everything is seeded (corpus, tokenizer, initialisation, data order, masks), so the same options
 on the same library versions give the same weights. Steps, not wall time, fix the run length.
+
+Checkpoints: every ``--checkpoint-minutes`` the full training state (weights, AdamW moments, step,
+random generators; the data order is a function of the seed and the step) goes to
+``--checkpoint-dir`` as safetensors + JSON, replaced atomically. ``--resume`` continues from it
+and ends with the same weights as an uninterrupted run; it refuses a checkpoint written with other
+options. ``--stop-at STEP`` checkpoints and exits at that step (to test or plan interruptions).
 
 Recipe: the procedural corpus of ``nara.data.corpus`` (three families, ~5 M tokens), a byte-level
 BPE tokenizer with single-digit tokens (arithmetic stays learnable), one example per row padded
@@ -18,15 +25,18 @@ the base into a small instruction follower, as LLaDA-8B-Instruct is for the pape
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import random
+import shutil
 import time
 from pathlib import Path
 
 import tokenizers
 import torch
 import transformers
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -52,21 +62,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--examples", type=int, default=150_000, help="corpus size (examples)")
+    p.add_argument("--examples", type=int, default=200_000, help="corpus size (examples)")
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--d-model", type=int, default=192)
-    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--n-layers", type=int, default=5)
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--mlp-hidden-size", type=int, default=512)
-    p.add_argument("--steps", type=int, default=900, help="optimizer steps in total")
-    p.add_argument("--batch-size", type=int, default=48)
+    p.add_argument("--steps", type=int, default=2400, help="optimizer steps in total")
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=float, default=0.05, help="fraction of steps of linear warm-up")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--sft-fraction", type=float, default=0.4, help="last fraction trained as SFT")
-    p.add_argument("--eos-tail", type=int, default=12, help="up to this many extra EOS per batch")
+    p.add_argument("--eos-tail", type=int, default=8, help="up to this many extra EOS per batch")
     p.add_argument("--eval-examples", type=int, default=60, help="per family / task at the end")
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="checkpoint interval")
+    p.add_argument(
+        "--checkpoint-dir", type=Path, default=None,
+        help="checkpoint folder (default: build/tiny-checkpoint, --quick: <out>/checkpoint)",
+    )  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint folder")
+    p.add_argument("--stop-at", type=int, default=None, help="checkpoint and exit at this step")
     args = p.parse_args(argv)
     if args.quick:
         args.examples, args.vocab_size, args.steps, args.eval_examples = 3000, 400, 12, 6
@@ -74,6 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.log_every = 4
     if args.out is None:
         args.out = Path("/tmp/nara_tiny_quick") if args.quick else REPO / "src/nara/models/tiny"
+    if args.checkpoint_dir is None:
+        args.checkpoint_dir = (
+            args.out / "checkpoint" if args.quick else REPO / "build/tiny-checkpoint"
+        )
     return args
 
 
@@ -132,20 +153,103 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
     return args.lr * (1.0 - 0.9 * (step - warm) / max(1, args.steps - warm))
 
 
-def train(model, encoded, tokenizer, args, log_file) -> dict[str, float]:
-    eos, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
+# Options that do not change the trained weights (a resumed run may differ in these).
+RUN_ONLY_OPTIONS = ("out", "threads", "eval_examples", "checkpoint_dir", "checkpoint_minutes",
+                    "resume", "stop_at")  # fmt: skip
+
+
+def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr, betas=(0.9, 0.95),
     )  # fmt: skip
+
+
+def training_options(args: argparse.Namespace) -> dict:
+    """The options that determine the weights: a checkpoint is only resumed under the same ones."""
+    return {k: v for k, v in vars(args).items() if k not in RUN_ONLY_OPTIONS}
+
+
+def save_checkpoint(folder: Path, model, opt, tokenizer, state: dict, rngs: dict) -> None:
+    """Write the full training state to ``folder`` atomically (a new folder, then renamed).
+
+    Tensors go to safetensors (weights, AdamW moments and step counts, torch generator states);
+    everything else (step, counters, Python RNG state, options) to ``state.json``. No pickle.
+    """
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              tmp / "model.safetensors")  # fmt: skip
+    opt_state = opt.state_dict()
+    tensors = {f"{i}.{k}": v for i, s in opt_state["state"].items() for k, v in s.items()}
+    tensors.update({f"rng.{k}": v for k, v in rngs.items()})
+    save_file(tensors, tmp / "optimizer.safetensors")
+    groups = [{k: v for k, v in g.items()} for g in opt_state["param_groups"]]
+    (tmp / "state.json").write_text(json.dumps({**state, "param_groups": groups}, indent=1))
+    tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, model, opt, args: argparse.Namespace) -> tuple[dict, dict]:
+    """Restore model and optimizer from ``folder``; returns (state.json contents, rng tensors).
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        ValueError: it was written with other training options (listed).
+    """
+    if not (folder / "state.json").exists():
+        raise FileNotFoundError(
+            f"--resume: no checkpoint at {folder}; start without --resume (or pass the --out of "
+            "the interrupted build)"
+        )
+    state = json.loads((folder / "state.json").read_text())
+    theirs, ours = state["options"], json.loads(json.dumps(training_options(args), default=str))
+    if theirs != ours:
+        diff = {k: (theirs.get(k), ours.get(k)) for k in {*theirs, *ours}
+                if theirs.get(k) != ours.get(k)}  # fmt: skip
+        raise ValueError(
+            f"--resume: the checkpoint at {folder} was written with other options "
+            f"(option: (checkpoint, now)) {diff}; rerun with the checkpoint's options"
+        )
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    tensors = load_file(folder / "optimizer.safetensors")
+    per_param: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if not key.startswith("rng."):
+            index, name = key.split(".", 1)
+            per_param.setdefault(int(index), {})[name] = value
+    opt.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    return state, {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+
+
+def train(model, encoded, tokenizer, args, log_path: Path) -> dict[str, float] | None:
+    """Pre-train then SFT ``model``; checkpoints on the way. None when stopped by --stop-at."""
+    eos, mask_id = tokenizer.eos_token_id, tokenizer.mask_token_id
+    opt = make_optimizer(model, args)
     gen = torch.Generator().manual_seed(args.seed)
     tail_rng = random.Random(args.seed + 1)
+    folder = args.checkpoint_dir
+    first, tokens, spent = 0, 0, 0.0
+    if args.resume:
+        state, rngs = load_checkpoint(folder, model, opt, args)
+        gen.set_state(rngs["gen"])
+        torch.set_rng_state(rngs["torch"])
+        version, internal, gauss = state["tail_rng"]
+        tail_rng.setstate((version, tuple(internal), gauss))
+        first, tokens, spent = state["step"], state["tokens"], state["elapsed_s"]
+        print(f"resumed at step {first} of {args.steps} from {folder}", flush=True)
     sft_start = int((1.0 - args.sft_fraction) * args.steps)
     model.train()
-    start, tokens, recent = time.time(), 0, []
-    for step, batch_ids in enumerate(batch_order(encoded, args)):
+    start, recent, last_save = time.time() - spent, [], time.time()
+    log_file = open(log_path, "a" if args.resume else "w")  # noqa: SIM115 (closed below)
+    for step, batch_ids in enumerate(batch_order(encoded, args)[first:], start=first):
         examples = [encoded[i] for i in batch_ids]
         length = max(len(e) for e in examples) + tail_rng.randint(0, args.eos_tail)
         batch = Collator(eos, pad_to="max_length", max_length=length)(examples)
@@ -163,16 +267,35 @@ def train(model, encoded, tokenizer, args, log_file) -> dict[str, float]:
         opt.step()
         tokens += batch["input_ids"].numel()
         recent.append((out.loss.item(), out.accuracy.item()))
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+        done = step + 1
+        if done % args.log_every == 0 or done == args.steps:
             loss, acc = (sum(x[k] for x in recent) / len(recent) for k in (0, 1))
-            row = {"step": step + 1, "phase": phase, "loss": round(loss, 4),
+            row = {"step": done, "phase": phase, "loss": round(loss, 4),
                    "masked_acc": round(acc, 4), "lr": round(lr_at(step, args), 6),
                    "tokens": tokens, "elapsed_s": round(time.time() - start, 1)}  # fmt: skip
             log_file.write(json.dumps(row) + "\n")
             log_file.flush()
-            eta = (time.time() - start) / (step + 1) * (args.steps - step - 1)
-            print(f"{json.dumps(row)} eta {eta / 60:.1f} min", flush=True)
+            rate = (time.time() - start - spent) / (done - first)
+            print(f"{json.dumps(row)} eta {rate * (args.steps - done) / 60:.1f} min", flush=True)
             recent = []
+        stop = done == args.stop_at
+        due = time.time() - last_save >= 60 * args.checkpoint_minutes and not recent
+        if stop or (due and done < args.steps):
+            # Checkpoints sit at log boundaries, so no partial log window needs saving.
+            version, internal, gauss = tail_rng.getstate()
+            save_checkpoint(
+                folder, model, opt, tokenizer,
+                {"step": done, "tokens": tokens, "elapsed_s": time.time() - start,
+                 "tail_rng": [version, list(internal), gauss],
+                 "options": json.loads(json.dumps(training_options(args), default=str))},
+                {"gen": gen.get_state(), "torch": torch.get_rng_state()},
+            )  # fmt: skip
+            last_save = time.time()
+            print(f"checkpoint at step {done} -> {folder}", flush=True)
+        if stop:
+            log_file.close()
+            return None
+    log_file.close()
     model.eval()
     return {"final_loss": row["loss"], "final_masked_acc": row["masked_acc"],
             "train_tokens": tokens, "train_seconds": round(time.time() - start, 1)}  # fmt: skip
@@ -312,7 +435,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     records = pretraining_corpus(args.examples, seed=args.seed)
-    tokenizer = train_tokenizer(records, args.vocab_size)
+    # Recorded with the options, so --resume refuses a corpus that changed since the checkpoint.
+    args.corpus_sha256 = hashlib.sha256(json.dumps(records).encode()).hexdigest()
+    if args.resume and (args.checkpoint_dir / "tokenizer.json").exists():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(args.checkpoint_dir)
+    else:
+        tokenizer = train_tokenizer(records, args.vocab_size)
     encoded = encode(tokenizer, records)
     corpus_tokens = sum(len(e) for e in encoded)
     print(f"corpus: {len(records)} examples, {corpus_tokens} tokens, vocab {len(tokenizer)}",
@@ -328,8 +456,10 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f} M parameters", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)  # files of an earlier build are overwritten
-    with open(args.out / "training_log.jsonl", "w") as log_file:
-        stats = train(model, encoded, tokenizer, args, log_file)
+    stats = train(model, encoded, tokenizer, args, args.out / "training_log.jsonl")
+    if stats is None:
+        print(f"stopped at step {args.stop_at}; continue with --resume", flush=True)
+        return
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
     report = evaluate(model, tokenizer, args)

@@ -7,7 +7,8 @@ fine-tuning and evaluation see one layout. The families mirror the NaRA paper's 
 - ``commonsense``: multiple choice over a small hand-written world of objects (weight, size,
   category, material, place, use), in LLM-Adapters answer formats: BoolQ-like ``true/false``,
   PIQA-like ``solution1/solution2``, ARC-like ``answer1..answer4``.
-- ``arithmetic``: word problems with one addition or subtraction; the answer is a number.
+- ``arithmetic``: word problems with one addition or subtraction of numbers 1-20; the answer is a
+  number.
 - ``programs``: predict what a short Python snippet prints (the true output is computed by
   running the generated snippet), or complete a one-line function from its docstring.
 
@@ -256,7 +257,7 @@ def arithmetic_example(rng: random.Random) -> tuple[str, str]:
     """A one-step word problem with addition or subtraction; the answer is the number."""
     name, other = distinct(rng, NAMES, 2)
     item = rng.choice(ITEMS)
-    a, b = rng.randint(1, 30), rng.randint(1, 30)
+    a, b = rng.randint(1, 20), rng.randint(1, 20)  # small numbers: learnable at this size
     templates = (
         (f"{name} has {a} {item}s. {name} gets {b} more. How many {item}s does {name} have now?", a + b),
         (f"{name} picked {a} {item}s in the morning and {b} in the afternoon. How many {item}s did {name} pick in total?", a + b),
