@@ -16,7 +16,7 @@ FAST = SandboxLimits(timeout=3, max_processes=16)
 
 
 def sandbox_processes() -> list[str]:
-    """Live (non-zombie) processes started by the sandbox (their argv names the workdir)."""
+    """Live (non-zombie) processes started by the sandbox (their argv holds the judge's source)."""
     alive = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -24,7 +24,7 @@ def sandbox_processes() -> list[str]:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"nara-sandbox-" in cmd and state != "Z":
+        if b"The judge: runs inside the sandbox" in cmd and state != "Z":
             alive.append(pid)
     return alive
 

@@ -1,39 +1,33 @@
-"""Run untrusted generated code (HumanEval / MBPP completions plus their tests) in a sandbox.
+"""Run untrusted generated code (HumanEval / MBPP solutions) against trusted tests in a sandbox.
 
-Generated code is hostile until proven otherwise: it may loop forever, fork, eat memory, write
-files, open sockets or print megabytes. Each program runs in its own subprocess with, in layers:
+Generated code is hostile until proven otherwise: it may loop forever, fork, eat memory or disk,
+write files, open sockets, print megabytes, or try to forge its own verdict. docs/sandbox.md
+states the threat model; in short, each test runs as:
 
-- **namespaces** (``unshare`` from util-linux, when it works on this machine): a new user
-  namespace (the program is "root" only inside it), a new **network** namespace (no interface but
-  a down loopback: every connection fails), a new **PID** namespace (when its first process exits
-  the kernel kills every process left in it, so nothing survives) and a new **mount** namespace
-  where fresh tmpfs are mounted over /tmp, /var/tmp and /dev/shm (writes to ``/tmp/x`` land in a
-  private tmpfs that vanishes), after which all capabilities are dropped.
-- **an unprivileged user**: when the evaluator runs as root, the program runs as a dedicated
-  uid (``sandbox_uid``, default 65534 "nobody"), so it cannot write root-owned files such as the
-  caller's working directory or the project.
-- **resource limits** set before the program starts: address space (RLIMIT_AS), CPU seconds
-  (RLIMIT_CPU), file size (RLIMIT_FSIZE), no core files, and a process limit (RLIMIT_NPROC).
-  RLIMIT_NPROC is per user and is ignored for root; inside a fresh user namespace Linux counts it
-  per namespace, so each sandbox gets its own budget and a fork bomb stays contained.
-- **a session of its own**, killed as a whole (``os.killpg``) when the program ends or its wall
-  time runs out.
-- a throwaway working directory that is also HOME and TMPDIR, a clean environment (none of the
-  caller's variables), stdin closed, stdout/stderr read with a byte cap.
+- **a supervisor** (this module, outside the sandbox) that starts one sandbox per test, caps its
+  output and wall time, kills it as a whole and reads the verdict;
+- **a judge** (``_sandbox_boot.py``, inside): builds the sandbox, then runs the trusted tests in
+  an interpreter that never executes the solution's code;
+- **a solution process** forked by the judge: runs the untrusted code and answers the tests'
+  calls with plain data. It holds no descriptor to the supervisor's verdict pipe and cannot
+  ptrace, signal-kill or read the memory of the judge, so the verdict is not its to write.
 
-Without working namespaces (``isolation()`` says which layers are active) sockets are blocked by
-replacing ``socket.socket`` in the child before the program runs, and the process limit is only
-applied when the evaluator is root (then the dedicated uid makes it per-sandbox).
-
-The verdict comes from a pipe written by the bootstrap after the program and its tests ran to the
-end, so an early ``exit(0)`` or ``os._exit(0)`` is a failure, not a pass. This guards against
-accidents, not against code written to forge the verdict.
+Isolation levels (:func:`isolation_report`): ``full`` uses fresh user, network, PID, IPC, UTS and
+mount namespaces with a minimal root (read-only system directories and interpreter, a size-capped
+private /tmp as the only writable place, nothing of the project, the data or any home), no
+capabilities, resource limits and, when the evaluator is root, an unprivileged uid. Without user
+namespaces the level is ``reduced`` (root evaluator: a dedicated uid protects your files, but
+the host is readable and the network is only blocked in-process) or ``none`` (the program runs as
+you). ``SandboxLimits(mode="strict")`` refuses both; ``"auto"`` warns once per process.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
 import contextlib
 import functools
+import marshal
 import os
 import shutil
 import signal
@@ -42,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,22 +44,29 @@ from pathlib import Path
 from typing import Literal
 
 Status = Literal["passed", "failed", "timed_out", "crashed"]
+Level = Literal["full", "reduced", "none"]
 
 _BOOT_SOURCE = (Path(__file__).with_name("_sandbox_boot.py")).read_text(encoding="utf-8")
-_NAMESPACES = ["--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child"]
-_NAMESPACES += ["--mount", "--mount-proc"]
+_NAMESPACES = ["--user", "--map-root-user", "--net", "--pid", "--ipc", "--uts", "--fork"]
+_NAMESPACES += ["--kill-child", "--mount", "--mount-proc"]
+_STATUSES = ("passed", "failed", "timed_out", "crashed")
+_GRACE = 5.0  # seconds the supervisor waits past the judge's own deadline (interpreter start)
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
     """Limits for one program.
 
-    timeout: wall-clock seconds (the CPU limit is derived from it).
+    timeout: wall-clock seconds for the solution and its tests (the CPU limit derives from it).
     memory_mb: address-space limit per process.
     max_processes: processes the program may have at once (RLIMIT_NPROC).
     max_output_bytes: stdout/stderr bytes kept per stream; the rest is read and dropped.
     max_file_mb: largest file the program may write.
+    max_disk_mb: size of the private /tmp, the only writable place (full isolation).
+    max_open_files: descriptors per process (RLIMIT_NOFILE; bounds sockets and their buffers).
     sandbox_uid: uid the program runs as when the evaluator is root.
+    mode: "auto" runs with the best isolation available and warns once when it is not full;
+        "strict" refuses to run code without full isolation.
     """
 
     timeout: float = 10.0
@@ -72,7 +74,10 @@ class SandboxLimits:
     max_processes: int = 32
     max_output_bytes: int = 64_000
     max_file_mb: int = 16
+    max_disk_mb: int = 64
+    max_open_files: int = 64
     sandbox_uid: int = 65534
+    mode: Literal["auto", "strict"] = "auto"
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.memory_mb < 64 or self.max_processes < 2:
@@ -80,6 +85,35 @@ class SandboxLimits:
                 f"invalid SandboxLimits {self}: need timeout > 0, memory_mb >= 64 (Python itself "
                 "needs tens of MB) and max_processes >= 2"
             )
+        if self.max_disk_mb < 1 or self.max_file_mb < 1 or self.max_open_files < 16:
+            raise ValueError(
+                f"invalid SandboxLimits {self}: need max_disk_mb >= 1, max_file_mb >= 1 and "
+                "max_open_files >= 16 (the interpreter opens a few itself)"
+            )
+        if self.mode not in ("auto", "strict"):
+            raise ValueError(f"invalid sandbox mode {self.mode!r}: use 'auto' or 'strict'")
+
+
+@dataclass(frozen=True)
+class CodeTest:
+    """An untrusted solution and the trusted tests that judge it, kept apart.
+
+    solution: the program under test (HumanEval: prompt + completion; MBPP: the code).
+    tests: trusted test code, run by the judge; it sees the solution only through `names`.
+    context: trusted code the judge runs before the tests (HumanEval: the prompt, whose helper
+        functions the tests call).
+    names: the solution's names the tests use (None: every free name of the tests that is not
+        a builtin or a standard-library module; those modules are imported by the judge itself).
+    """
+
+    solution: str
+    tests: str = ""
+    context: str = ""
+    names: tuple[str, ...] | None = None
+
+
+class SandboxUnavailable(RuntimeError):
+    """Strict mode was asked for and full isolation is not available on this machine."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +132,17 @@ class ExecutionResult:
         return self.status == "passed"
 
 
-def _works(argv: list[str], uid: int) -> bool:
+def _user_kwargs(uid: int) -> dict[str, int]:
+    """Popen arguments that drop to the sandbox uid when we are root (no-op otherwise)."""
+    if os.geteuid() != 0:
+        return {}
+    return {"user": uid, "group": uid, "extra_groups": []}
+
+
+def _runnable(python: str, uid: int) -> bool:
     try:
         probe = subprocess.run(
-            [*argv, "-I", "-c", "pass"],
+            [python, "-I", "-S", "-c", "pass"],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=30,
@@ -112,41 +153,98 @@ def _works(argv: list[str], uid: int) -> bool:
     return probe.returncode == 0
 
 
+def _probe_full(python: str, uid: int) -> str:
+    """Run a real test with full isolation; returns '' when it works, else why it does not."""
+    if shutil.which("unshare") is None:
+        return "the unshare command (util-linux) is not installed"
+    probe = CodeTest("def f(x):\n    return [x, 2.5]\n", "assert f(1) == [1, 2.5]\n")
+    result = _execute(probe, SandboxLimits(timeout=20, sandbox_uid=uid), python, full=True)
+    if result.passed:
+        return ""
+    return f"user/mount/PID/network namespaces do not work here ({result.details or result.stderr})"
+
+
 @functools.cache
 def isolation(sandbox_uid: int = 65534) -> dict[str, bool | str]:
-    """Which sandbox layers work on this machine, probed once by running tiny programs.
+    """Which isolation this machine gives sandboxed code, probed once by running a tiny test.
 
-    Also picks the interpreter: the evaluator's own Python when the sandbox uid may run it, else
-    the system ``python3`` (the programs need only the standard library).
+    Keys: level ("full", "reduced", "none"), reason (why it is not full), python (the
+    interpreter used: the evaluator's base Python when the sandbox uid may run it, else the
+    system ``python3``; programs get only the standard library), and the layers: namespaces,
+    minimal_root, network, private_tmp, dedicated_uid, process_limit.
 
     Raises:
         RuntimeError: no Python interpreter is executable by the sandbox uid.
     """
-    candidates = [sys.executable, getattr(sys, "_base_executable", ""), "/usr/bin/python3"]
-    python = next((c for c in candidates if c and _works([c], sandbox_uid)), None)
+    candidates = [getattr(sys, "_base_executable", ""), sys.executable, "/usr/bin/python3"]
+    python = next((c for c in candidates if c and _runnable(c, sandbox_uid)), None)
     if python is None:
         raise RuntimeError(
             f"no Python interpreter among {candidates} can be run by uid {sandbox_uid}; make one "
             "readable and executable by that uid or set SandboxLimits(sandbox_uid=...)"
         )
-    unshare = shutil.which("unshare")
-    namespaces = bool(unshare) and _works([unshare, *_NAMESPACES, python], sandbox_uid)
+    reason = _probe_full(python, sandbox_uid)
     root = os.geteuid() == 0
+    full = not reason
     return {
+        "level": "full" if full else "reduced" if root else "none",
+        "reason": reason,
         "python": python,
-        "namespaces": namespaces,
-        "network": "namespace" if namespaces else "socket blocked in-process",
-        "private_tmp": namespaces,
+        "namespaces": full,
+        "minimal_root": full,
+        "network": "namespace" if full else "socket blocked in-process (bypassable)",
+        "private_tmp": full,
         "dedicated_uid": root,
-        "process_limit": namespaces or root,
+        "process_limit": full or root,
     }
 
 
-def _user_kwargs(uid: int) -> dict[str, int]:
-    """Popen arguments that drop to the sandbox uid when we are root (no-op otherwise)."""
-    if os.geteuid() != 0:
-        return {}
-    return {"user": uid, "group": uid, "extra_groups": []}
+def isolation_report(sandbox_uid: int = 65534) -> dict[str, str]:
+    """The isolation level as a small JSON-ready dict, for run summaries (see :func:`isolation`)."""
+    iso = isolation(sandbox_uid)
+    files = "minimal root" if iso["minimal_root"] else "host filesystem"
+    files += (
+        ", unprivileged uid"
+        if iso["dedicated_uid"]
+        else ", your uid"
+        if not iso["namespaces"]
+        else ""
+    )
+    return {
+        "level": str(iso["level"]),
+        "filesystem": files,
+        "network": str(iso["network"]),
+        "processes": "PID namespace" if iso["namespaces"] else "killed by the judge (subreaper)",
+        "reason": str(iso["reason"]),
+    }
+
+
+_warned: set[str] = set()
+
+
+def _checked_isolation(limits: SandboxLimits) -> dict:
+    """isolation() after applying the mode: strict refuses less than full, auto warns once."""
+    iso = isolation(limits.sandbox_uid)
+    if iso["level"] == "full":
+        return iso
+    what = (
+        "your files are protected by a separate uid, but the program can read the host's "
+        "world-readable files and bypass the in-process network block"
+        if iso["level"] == "reduced"
+        else "the program runs as YOU: it can read and change your files and reach the network"
+    )
+    message = (
+        f"nara sandbox: REDUCED ISOLATION (level {iso['level']!r}): {iso['reason']}; {what}. "
+        "Enable unprivileged user namespaces (sysctl user.max_user_namespaces > 0, "
+        "kernel.unprivileged_userns_clone=1, or a container seccomp profile that allows "
+        "unshare), or evaluate code only from models you trust"
+    )
+    if limits.mode == "strict":
+        raise SandboxUnavailable(f"{message}. Refusing to run code in strict mode.")
+    if iso["level"] not in _warned:
+        _warned.add(str(iso["level"]))
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return iso
 
 
 class _CappedReader(threading.Thread):
@@ -171,41 +269,109 @@ class _CappedReader(threading.Thread):
         return b"".join(self.chunks).decode("utf-8", errors="replace")
 
 
-def run_program(source: str, limits: SandboxLimits | None = None) -> ExecutionResult:
-    """Run one Python program in the sandbox and classify the outcome.
+def run_test(test: CodeTest, limits: SandboxLimits | None = None) -> ExecutionResult:
+    """Run one solution against its tests in the sandbox and classify the outcome.
 
-    passed: it ran to the end without an exception; failed: it raised (an assertion, an error,
-    exit()); timed_out: wall time or CPU limit reached; crashed: killed by a signal or the sandbox
-    itself failed (details say why).
+    passed: the solution loaded and every test ran to the end without an exception; failed: the
+    solution raised or exited while loading, or a test raised (an assertion, an error, a value
+    that is not plain data); timed_out: wall time or CPU limit reached; crashed: the solution was
+    killed by a signal, or the sandbox itself failed (details say why).
+
+    Raises:
+        SandboxUnavailable: ``limits.mode == "strict"`` and isolation is not full.
     """
     limits = limits or SandboxLimits()
-    iso = isolation(limits.sandbox_uid)
-    workdir = Path(tempfile.mkdtemp(prefix="nara-sandbox-"))
+    iso = _checked_isolation(limits)
+    return _execute(test, limits, str(iso["python"]), full=iso["level"] == "full")
+
+
+def run_program(source: str, limits: SandboxLimits | None = None) -> ExecutionResult:
+    """Run one stand-alone program: passed when it ran to the end without an exception.
+
+    With no separate tests the verdict is the program's own claim (code that wants to can make
+    it); use :func:`run_test` to judge a solution.
+    """
+    return run_test(CodeTest(source), limits)
+
+
+def _names(test: CodeTest) -> tuple[list[str], list[str]]:
+    """(the solution's names the tests use, standard-library modules the judge imports)."""
     try:
-        return _run_in(workdir, source, limits, iso)
+        tree = ast.parse(test.tests)
+        bound = _bound_names(tree) | _bound_names(ast.parse(test.context))
+    except SyntaxError:
+        return list(test.names or ()), []  # the judge reports the syntax error as the outcome
+    loads = {
+        n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+    }
+    free = loads - bound - set(dir(builtins))
+    modules = sorted(n for n in free if n in sys.stdlib_module_names)
+    names = list(test.names) if test.names is not None else sorted(free - set(modules))
+    return names, [m for m in modules if m not in names]
+
+
+def _bound_names(tree: ast.AST) -> set[str]:
+    bound = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            bound.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    return bound
+
+
+def _job(test: CodeTest, limits: SandboxLimits, full: bool) -> bytes:
+    """The judge's instructions (read from its stdin before anything else)."""
+    names, modules = _names(test)
+    job = {
+        "solution": test.solution,
+        "tests": test.tests,
+        "context": test.context,
+        "names": names,
+        "modules": modules,
+        "memory": limits.memory_mb << 20,
+        "cpu": int(limits.timeout) + 1,
+        "fsize": limits.max_file_mb << 20,
+        "nofile": limits.max_open_files,
+        "nproc": limits.max_processes if full or os.geteuid() == 0 else 0,
+        "disk": limits.max_disk_mb << 20,
+        "inodes": 4096 + 64 * limits.max_disk_mb,
+        "timeout": limits.timeout,
+        "root": full,
+    }
+    return marshal.dumps(job, 4)  # plain types only; a lone surrogate travels, compile rejects it
+
+
+def _execute(test: CodeTest, limits: SandboxLimits, python: str, *, full: bool) -> ExecutionResult:
+    """Start one sandbox (full: in namespaces, else in a host folder removed afterwards)."""
+    workdir = None if full else Path(tempfile.mkdtemp(prefix="nara-sandbox-"))
+    try:
+        if workdir is not None and os.geteuid() == 0:
+            os.chown(workdir, limits.sandbox_uid, limits.sandbox_uid)
+        return _supervise(test, limits, python, workdir)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            _remove_tree(workdir)
 
 
-def _run_in(workdir: Path, source: str, limits: SandboxLimits, iso: dict) -> ExecutionResult:
-    program = workdir / "program.py"
-    program.write_text(source, encoding="utf-8")
-    if iso["dedicated_uid"]:
-        os.chown(workdir, limits.sandbox_uid, limits.sandbox_uid)
+def _supervise(
+    test: CodeTest, limits: SandboxLimits, python: str, workdir: Path | None
+) -> ExecutionResult:
     read_fd, write_fd = os.pipe()
-    nproc = limits.max_processes if iso["process_limit"] else 0
-    boot_args = [str(program), str(write_fd), str(limits.memory_mb << 20)]
-    boot_args += [str(int(limits.timeout) + 1), str(nproc), str(limits.max_file_mb << 20)]
-    boot_args += ["1" if iso["private_tmp"] else "0", "0" if iso["namespaces"] else "1"]
-    prefix = [shutil.which("unshare") or "unshare", *_NAMESPACES] if iso["namespaces"] else []
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8"}
+    prefix = [] if workdir is not None else [shutil.which("unshare") or "unshare", *_NAMESPACES]
+    home = str(workdir or "/tmp")
+    env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            [*prefix, iso["python"], "-I", "-c", _BOOT_SOURCE, *boot_args],
-            cwd=workdir,
+            [*prefix, python, "-I", "-S", "-c", _BOOT_SOURCE, str(write_fd)],
+            cwd=workdir or "/",
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=(write_fd,),
@@ -218,12 +384,16 @@ def _run_in(workdir: Path, source: str, limits: SandboxLimits, iso: dict) -> Exe
     finally:
         os.close(write_fd)
     readers = [_CappedReader(s, limits.max_output_bytes) for s in (proc.stdout, proc.stderr)]
-    verdict_reader = _CappedReader(os.fdopen(read_fd, "rb"), 4096)
+    verdict_reader = _CappedReader(os.fdopen(read_fd, "rb"), 8192)
     for reader in (*readers, verdict_reader):
         reader.start()
+    with contextlib.suppress(BrokenPipeError):  # the judge reads the job before anything else
+        proc.stdin.write(_job(test, limits, workdir is None))
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
     timed_out = False
     try:
-        proc.wait(timeout=limits.timeout)
+        proc.wait(timeout=limits.timeout + _GRACE)
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
@@ -231,36 +401,34 @@ def _run_in(workdir: Path, source: str, limits: SandboxLimits, iso: dict) -> Exe
         proc.wait()
     for reader in (*readers, verdict_reader):
         reader.join(timeout=5)
-    duration = time.monotonic() - start
     out, err = readers[0].text(), readers[1].text()
-    status, details = _classify(proc.returncode, verdict_reader.text(), timed_out, limits)
+    status, details = _classify(proc.returncode, verdict_reader.text(), timed_out, limits, err)
     if any(r.truncated for r in readers):
         details += f" (output truncated to {limits.max_output_bytes} bytes per stream)"
+    duration = time.monotonic() - start
     return ExecutionResult(status, proc.returncode, out, err, duration, details.strip())
 
 
 def _kill_group(pgid: int) -> None:
-    """SIGKILL the program's whole session (with namespaces, its PID namespace dies with it)."""
-    with contextlib.suppress(ProcessLookupError):
+    """SIGKILL the sandbox's session (with namespaces, its PID namespace dies with it)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
 
 
 def _classify(
-    returncode: int, verdict: str, timed_out: bool, limits: SandboxLimits
+    returncode: int, verdict: str, timed_out: bool, limits: SandboxLimits, stderr: str
 ) -> tuple[Status, str]:
+    """The judge's verdict; without one (the sandbox died), why, from the exit status."""
     status, _, details = verdict.partition("\n")
     if timed_out:
         return "timed_out", f"wall time limit of {limits.timeout:g}s reached"
-    if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU) or "SIGXCPU" in details:
-        return "timed_out", "CPU time limit reached"
-    if status in ("passed", "failed"):
+    if status in _STATUSES:
         return status, details  # type: ignore[return-value]
-    if returncode == 0:
-        return "failed", "program exited before its tests finished (os._exit?)"
     signame = _signal_name(returncode)
-    if signame == "SIGKILL":
-        return "crashed", "killed (SIGKILL): CPU or memory limit, or the process limit"
-    return "crashed", f"exit status {returncode}" + (f" ({signame})" if signame else "")
+    tail = stderr.strip().splitlines()[-1:] or [""]
+    return "crashed", f"the sandbox ended without a verdict: exit status {returncode}" + (
+        f" ({signame})" if signame else ""
+    ) + (f": {tail[0][:300]}" if tail[0] else "")
 
 
 def _signal_name(returncode: int) -> str:
@@ -272,6 +440,48 @@ def _signal_name(returncode: int) -> str:
         return ""
 
 
+def _remove_tree(path: Path) -> None:
+    """Remove a sandbox folder whatever the program left in it (deep trees, no permissions)."""
+    try:
+        shutil.rmtree(path)
+        return
+    except (OSError, RecursionError):
+        pass
+    for command in (["chmod", "-R", "u+rwx", "--", str(path)], ["rm", "-rf", "--", str(path)]):
+        with contextlib.suppress(OSError):
+            subprocess.run(command, capture_output=True, check=False, timeout=120)
+    if path.exists():
+        warnings.warn(
+            f"could not remove the sandbox folder {path}; delete it by hand", stacklevel=2
+        )
+
+
+def run_tests(
+    tests: Sequence[CodeTest],
+    limits: SandboxLimits | None = None,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+) -> list[ExecutionResult]:
+    """Run many tests in parallel (threads, each waiting on its own sandbox), in order.
+
+    workers defaults to the number of CPU cores.
+
+    Raises:
+        SandboxUnavailable: ``limits.mode == "strict"`` and isolation is not full.
+    """
+    limits = limits or SandboxLimits()
+    workers = workers or os.cpu_count() or 1
+    _checked_isolation(limits)  # probe (and warn or refuse) once before the threads start
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = pool.map(lambda t: run_test(t, limits), tests)
+        if progress:
+            from tqdm import tqdm
+
+            futures = tqdm(futures, total=len(tests), desc="sandbox", leave=False)
+        return list(futures)
+
+
 def run_programs(
     sources: Sequence[str],
     limits: SandboxLimits | None = None,
@@ -279,16 +489,6 @@ def run_programs(
     workers: int | None = None,
     progress: bool = False,
 ) -> list[ExecutionResult]:
-    """Run many programs in parallel (threads, each waiting on its own subprocess), in order.
-
-    workers defaults to the number of CPU cores.
-    """
-    workers = workers or os.cpu_count() or 1
-    isolation((limits or SandboxLimits()).sandbox_uid)  # probe once before the threads start
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = pool.map(lambda s: run_program(s, limits), sources)
-        if progress:
-            from tqdm import tqdm
-
-            futures = tqdm(futures, total=len(sources), desc="sandbox", leave=False)
-        return list(futures)
+    """:func:`run_program` for many stand-alone programs, in parallel, in order."""
+    tests = [CodeTest(s) for s in sources]
+    return run_tests(tests, limits, workers=workers, progress=progress)

@@ -8,6 +8,7 @@ from the current directory or any parent (the project root in a checkout beside 
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from nara.data.records import Record, load_hub, load_records
 from nara.evaluation import scoring
+from nara.evaluation.sandbox import CodeTest
 
 
 @dataclass(frozen=True)
@@ -221,21 +223,35 @@ def completion_code(generation: str) -> str:
 
 
 def program(task: Task, record: Record, generation: str) -> str:
-    """The full test program for a code task: solution + tests (+ HumanEval's check call).
+    """The full test program for a code task: solution + tests (+ HumanEval's check call)."""
+    test = code_test(task, record, generation)
+    return f"{test.solution}\n\n{test.tests}"
+
+
+def code_test(task: Task, record: Record, generation: str) -> CodeTest:
+    """The solution and its tests for a code task, kept apart for the sandbox's judge.
 
     HumanEval: a generation that defines the entry point itself (an instruct model answering with
     the whole function) is used as is after the prompt; otherwise it is the function body,
-    continued from the prompt and cut at the first top-level statement after it.
+    continued from the prompt and cut at the first top-level statement after it. The tests run
+    beside the prompt's own helper functions and take only the entry point from the solution.
+    MBPP: the tests (setup + asserts; the setup may use the code) take from the solution the
+    names the gold code defines (a task may name its function ``sum``: the tests then call the
+    solution's, while every other builtin they use stays the judge's own).
     """
     code = completion_code(generation)
     if task.kind == "humaneval":
         entry = record.meta["entry_point"]
         if not re.search(rf"^def {re.escape(entry)}\s*\(", code, re.MULTILINE):
             code = _cut(code)
-        return f"{record.prompt}{code}\n\n{record.meta['test']}\n\ncheck({entry})\n"
+        tests = f"{record.meta['test']}\n\ncheck({entry})\n"
+        return CodeTest(f"{record.prompt}{code}", tests, context=record.prompt, names=(entry,))
     if task.kind == "mbpp":
-        tests = "\n".join(record.meta["tests"])
-        return f"{code}\n\n{record.meta['setup']}\n{tests}\n"  # setup may use the code
+        tests = f"{record.meta['setup']}\n" + "\n".join(record.meta["tests"]) + "\n"
+        gold = ast.parse(record.answer).body
+        defined = {n.name for n in gold if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        names = tuple(sorted(n for n in defined if re.search(rf"\b{re.escape(n)}\b", tests)))
+        return CodeTest(code, tests, names=names)
     raise ValueError(f"task {task.name} is not a code task")
 
 
