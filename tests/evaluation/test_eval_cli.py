@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
-from training_support import tiny_model_dir  # noqa: E402,F401  (fixture)
+sys.path.insert(0, str(Path(__file__).parent))
+from eval_support import long_model_dir  # noqa: E402,F401  (fixture)
 
 import nara.commands.eval as eval_command  # noqa: E402
 from nara.cli import main  # noqa: E402
@@ -108,7 +108,7 @@ def make_adapter(model_dir: Path, folder: Path, config) -> Path:
 
 
 def test_lora_after_nara_goes_to_its_own_default_folder(
-    tiny_model_dir,  # noqa: F811
+    long_model_dir,  # noqa: F811
     boolq,
     tmp_path,
     monkeypatch,
@@ -116,16 +116,16 @@ def test_lora_after_nara_goes_to_its_own_default_folder(
 ):
     from nara.adapters import LoRAConfig, NaRAConfig
 
-    nara = make_adapter(tiny_model_dir, tmp_path / "nara" / "final", NaRAConfig(r=2))
-    lora = make_adapter(tiny_model_dir, tmp_path / "lora" / "final", LoRAConfig(r=2))
+    nara = make_adapter(long_model_dir, tmp_path / "nara" / "final", NaRAConfig(r=2))
+    lora = make_adapter(long_model_dir, tmp_path / "lora" / "final", LoRAConfig(r=2))
     monkeypatch.chdir(tmp_path)
-    common = ["--model", str(tiny_model_dir), "--task", "boolq", "--data", str(boolq)]
+    common = ["--model", str(long_model_dir), "--task", "boolq", "--data", str(boolq)]
     common += ["--limit", "2", "--gen-length", "4", "--steps", "2"]
     assert run_cli([*common, "--adapter", str(nara)], capsys)[0] == 0
     assert run_cli([*common, "--adapter", str(lora)], capsys)[0] == 0
     folders = sorted(p.name for p in (tmp_path / "runs" / "eval").iterdir())
     assert len(folders) == 2
-    assert folders[0].startswith("boolq-tiny_model") and "-lora-final-" in folders[0]
+    assert folders[0].startswith("boolq-tiny_long") and "-lora-final-" in folders[0]
     assert "-nara-final-" in folders[1]
     for name in folders:
         summary = json.loads((tmp_path / "runs" / "eval" / name / "boolq.summary.json").read_text())
@@ -133,14 +133,14 @@ def test_lora_after_nara_goes_to_its_own_default_folder(
 
 
 def test_same_run_again_resumes_without_loading_the_model(
-    tiny_model_dir,  # noqa: F811
+    long_model_dir,  # noqa: F811
     boolq,
     tmp_path,
     monkeypatch,
     capsys,
 ):
     out = tmp_path / "out"
-    common = ["--model", str(tiny_model_dir), "--task", "boolq", "--data", str(boolq)]
+    common = ["--model", str(long_model_dir), "--task", "boolq", "--data", str(boolq)]
     common += ["--limit", "3", "--gen-length", "4", "--steps", "2", "--output", str(out)]
     code, first, _ = run_cli(common, capsys)
     assert code == 0 and "(n=3, new run)" in first
