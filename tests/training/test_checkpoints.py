@@ -8,6 +8,7 @@ import ast
 import errno
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -349,3 +350,47 @@ def test_resume_with_other_settings_names_the_fields(tiny_model_dir, arith_files
     trainer = Trainer(same, show_progress=False)
     assert trainer.state.step == 3
     trainer.close()
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_ctrl_c_in_nara_train_says_how_to_continue(
+    tiny_model_dir, arith_files, tmp_path, monkeypatch, capsys
+):
+    from nara.cli import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(run_config(tiny_model_dir, arith_files, tmp_path / "run").to_yaml())
+    original = Trainer._after_update
+
+    def ctrl_c(self):
+        original(self)
+        if self.state.step == 7:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_after_update", ctrl_c)
+    assert main(["train", str(recipe), "--no-progress", "training.log_every=1"]) == 130
+    err = capsys.readouterr().err
+    saved = ckpt.checkpoint_dir(tmp_path / "run", 6)
+    assert f"interrupted at update 7; its newest complete checkpoint is {saved}" in err
+    command = err.split("continue with: ")[1].strip()
+    assert command == f"nara train {recipe} training.log_every=1 training.resume=latest"
+    monkeypatch.undo()
+    assert main([*shlex.split(command)[1:], "--no-progress"]) == 0
+    assert f"resumed from {saved} at update 6" in capsys.readouterr().out
+
+
+def test_a_broken_recipe_or_a_non_finite_number_is_a_one_line_error(tmp_path, capsys):
+    from nara.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("training:\n  lr: 1e-4\n  betas: [0.9, 0.95\nadapter:\n  r: 4\n")
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nara train: error: recipe {recipe}, line 4, column 8 is not valid")
+    assert "expected ',' or ']'" in err and "Traceback" not in err
+    for value in ("inf", "nan", "-inf"):
+        recipe.write_text(f"training:\n  lr: {value}\n")
+        assert main(["train", str(recipe)]) == 2
+        assert "training.lr: expected a finite number" in capsys.readouterr().err

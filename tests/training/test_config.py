@@ -79,6 +79,9 @@ def test_nara_c_is_nara_with_a_constant_input():
         ("trainin.lr=1", ["trainin.lr", "model", "training"]),
         ("training.lr=fast", ["training.lr", "float", "'fast'"]),
         ("training.lr=-1", ["training.lr", "> 0"]),
+        ("training.lr=inf", ["training.lr", "finite number", "'inf'"]),
+        ("training.betas=0.9,nan", ["training.betas", "finite number"]),
+        ("adapter.dropout=nan", ["adapter.dropout", "finite number"]),
         ("training.warmup_ratio=1.5", ["training.warmup_ratio", "[0, 1)"]),
         ("data.truncation=cut", ["data.truncation", "drop, truncate, error"]),
         ("training.batch_size=2.5", ["training.batch_size", "int"]),
@@ -87,11 +90,15 @@ def test_nara_c_is_nara_with_a_constant_input():
         ("adapter.rank=4", ["adapter.rank", "NaRAConfig", "r, alpha", "target_modules"]),
         ("adapter.r=0", ["adapter", "r must be a positive integer"]),
         ("training", ["training", "key=value"]),
+        (
+            "training.resume=latest training.overwrite=true",
+            ["training.overwrite", "not both"],
+        ),
     ],
 )
 def test_bad_keys_and_values_name_the_key_and_the_choices(override, expected):
     with pytest.raises(ConfigError) as info:
-        load_recipe(None, [override])
+        load_recipe(None, override.split())
     for text in expected:
         assert text in str(info.value)
 
