@@ -18,7 +18,7 @@ EXAMPLES = """examples:
   nara train demo training.max_steps=20 output_dir=runs/quick
   nara train configs/llada8b/math_nara.yaml training.lr=5e-5 adapter.r=16
   nara train configs/llada8b/math_nara.yaml training.resume=latest   # continue a killed run
-  nara train demo training.overwrite=true                             # replace the run in output_dir
+  nara train demo training.overwrite=true                            # replace the run in output_dir
   nara train demo --print-config                                     # validated config, no run
   nara train --adapter-help nara                                      # the adapter.* keys of NaRA
   accelerate launch --config_file configs/accelerate/ddp.yaml -m nara.cli train \\
