@@ -4,6 +4,7 @@ train a few steps, resume, generate, evaluate; help texts; config errors."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -92,3 +93,119 @@ def test_train_resume_generate_eval(tiny_model_dir, arith_files, tmp_path, capsy
     predictions = (tmp_path / "eval" / "boolq.jsonl").read_text().splitlines()
     assert len(predictions) == 3
     assert "average" in capsys.readouterr().out
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Make any model load fail the test: argument errors must come before it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("nara.models.load_model", refuse)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--steps", "0"], r"steps must be an integer >= 1, got 0"),
+        (["--steps", "-3"], r"steps must be an integer >= 1, got -3"),
+        (["--gen-length", "8", "--steps", "9"], r"steps=9 exceeds gen_length=8"),
+        (["--gen-length", "0"], r"gen_length must be an integer >= 1, got 0"),
+        (["--gen-length", "8", "--block-length", "3"], r"multiple of block_length=3"),
+        (["--gen-length", "8", "--block-length", "4", "--steps", "3"], r"number of blocks"),
+        (["--temperature", "nan"], r"temperature must be a finite number >= 0 .* got nan"),
+        (["--temperature", "inf"], r"temperature .* got inf"),
+        (["--temperature", "-1"], r"temperature .* got -1\.0"),
+        (["--device", "gpu"], r"--device 'gpu' is not a device torch knows; use auto, cpu"),
+        (["--adapter", "/nonexistent/adapter"], r"adapter folder '/nonexistent/adapter' does not"),
+    ],
+)
+def test_generate_argument_errors_come_before_loading(no_model_load, capsys, options, message):
+    assert main(["generate", "--prompt", "1+2=", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nara generate: error: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n"])
+def test_an_empty_prompt_is_an_error(no_model_load, capsys, prompt):
+    assert main(["generate", "--prompt", "2+2=", "--prompt", prompt]) == 2
+    assert "--prompt number 2 of 2 is empty" in capsys.readouterr().err
+
+
+def test_a_model_folder_given_as_adapter_is_named(no_model_load, tiny_model_dir, capsys):  # noqa: F811
+    assert main(["generate", "--prompt", "1+2=", "--adapter", str(tiny_model_dir)]) == 2
+    assert "is not an adapter folder: adapter_config.json is missing" in capsys.readouterr().err
+
+
+def test_cuda_on_a_cpu_only_torch_build_is_named(no_model_load, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["generate", "--prompt", "1+2=", "--device", "cuda"]) == 2
+    expected = (
+        f"CUDA is not available in this torch build (torch {torch.__version__}, cpu); "
+        "use --device cpu or install a CUDA torch"
+    )
+    assert expected in capsys.readouterr().err
+    monkeypatch.setattr(torch.version, "cuda", "12.4")  # a CUDA build on a machine without GPU
+    assert main(["generate", "--prompt", "1+2=", "--device", "cuda:0"]) == 2
+    assert "has CUDA 12.4 but sees no GPU" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert main(["generate", "--prompt", "1+2=", "--device", "cuda:2"]) == 2
+    assert "only 2 GPU(s) are visible (cuda:0 to cuda:1)" in capsys.readouterr().err
+
+
+def test_unknown_hub_model_is_one_line(monkeypatch, capsys):
+    from transformers import PretrainedConfig
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to the hub to load the files.")
+
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", offline)
+    assert main(["generate", "--prompt", "1+2=", "--model", "someone/no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and (
+        "could not find model 'someone/no-such-model' locally or on the Hugging Face hub "
+        "(offline?): pass a local folder, or set HF_HUB_OFFLINE=0 and check the name" in err
+    )
+
+
+def test_gen_length_past_the_model_maximum_is_refused(tiny_model_dir, capsys):  # noqa: F811
+    args = ["generate", "--model", str(tiny_model_dir), "--prompt", "1+2="]
+    assert main([*args, "--gen-length", "100000", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "plus gen_length=100000" in err and "maximum sequence length 128" in err
+
+
+def test_nan_adapter_weights_are_an_error_not_an_empty_answer(tiny_model_dir, tmp_path, capsys):  # noqa: F811
+    import torch
+
+    import nara
+    from nara.adapters.inject import adapter_parameters
+
+    model = nara.load_model(tiny_model_dir).model
+    nara.add_adapters(model, nara.LoRAConfig(r=2, target_modules=["q_proj"]))
+    with torch.no_grad():
+        next(iter(adapter_parameters(model).values())).fill_(float("nan"))
+    nara.save_adapters(model, tmp_path / "adapter")
+    args = ["generate", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "adapter")]
+    assert main([*args, "--prompt", "1+2=", "--gen-length", "4"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(
+        r"adapter tensor '[\w.]+\.lora_A' in .* holds 128 NaN/inf value\(s\) of 128", err
+    )
+
+
+def test_steps_above_a_task_length_are_lowered_with_a_note(tiny_model_dir, capsys):  # noqa: F811
+    from nara.commands._common import make_generate_fn
+    from nara.models import load_model
+
+    loaded = load_model(tiny_model_dir)
+    fn = make_generate_fn(loaded.model, loaded.tokenizer, loaded.mask_token_id, steps=16)
+    assert len(fn(["1+2="], 4)) == 1 and len(fn(["3+4="], 4)) == 1
+    err = capsys.readouterr().err
+    assert err.count("note: 16 steps exceed the answer length 4; sampling it with 4 steps") == 1

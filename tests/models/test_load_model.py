@@ -150,6 +150,22 @@ def test_missing_path_is_an_error(tmp_path):
         load_model(tmp_path)
 
 
+def test_a_hub_name_that_cannot_be_found_says_so(monkeypatch):
+    from transformers import PretrainedConfig
+
+    def offline(*args, **kwargs):  # what the hub library raises offline or for an unknown name
+        raise OSError("We couldn't connect to the hub.\nCheck your connection.")
+
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", offline)
+    message = (
+        r"could not find model 'someone/no-such-model' locally or on the Hugging Face hub "
+        r"\(offline\?\): pass a local folder, or set HF_HUB_OFFLINE=0 and check the name "
+        r"\(We couldn't connect to the hub\.\)$"
+    )
+    with pytest.raises(FileNotFoundError, match=message):
+        load_model("someone/no-such-model")
+
+
 def test_unbuilt_tiny_model_says_how_to_build(tmp_path, monkeypatch):
     monkeypatch.setattr(loading, "TINY_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="scripts/build_tiny.py"):

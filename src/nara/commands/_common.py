@@ -7,7 +7,9 @@ so a fine-tuned adapter is sampled with exactly the prompt layout it was trained
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -30,7 +32,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sampler_arguments(parser: argparse.ArgumentParser, gen_length: int | None = 64) -> None:
-    """--gen-length, --steps, --block-length, --remasking, --temperature."""
+    """--gen-length, --steps, --block-length, --remasking, --temperature, and Dream's sampler
+    options --sampler, --top-p, --top-k, --alg-temp."""
     from_task = " (default: the task's)" if gen_length is None else ""
     parser.add_argument(
         "--gen-length", type=int, default=gen_length, help=f"answer tokens{from_task}"
@@ -44,17 +47,91 @@ def add_sampler_arguments(parser: argparse.ArgumentParser, gen_length: int | Non
         help="which predictions to commit first",
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument(
+        "--sampler",
+        choices=("llada", "dream"),
+        help="LLaDA's block sampler or Dream's released one (default: the model family's)",
+    )
+    parser.add_argument("--top-p", type=float, help="nucleus filtering (Dream's sampler)")
+    parser.add_argument("--top-k", type=int, help="top-k filtering (Dream's sampler)")
+    parser.add_argument(
+        "--alg-temp",
+        type=float,
+        help="draw the positions to reveal from softmax(confidence / T) (Dream's sampler)",
+    )
+
+
+def resolve_device(device: str) -> str:
+    """The device to load on: ``auto`` picks cuda when available; others are checked to exist.
+
+    Raises:
+        ValueError: an unknown device name, CUDA on a CPU-only torch build or without a visible
+            GPU, or a GPU index past the visible ones.
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(
+            f"--device {device!r} is not a device torch knows; use auto, cpu, cuda or cuda:N"
+        ) from err
+    if parsed.type == "cuda":
+        if torch.version.cuda is None:
+            raise ValueError(
+                f"CUDA is not available in this torch build (torch {torch.__version__}, cpu); "
+                "use --device cpu or install a CUDA torch"
+            )
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {device}: torch {torch.__version__} has CUDA {torch.version.cuda} but "
+                "sees no GPU (driver, CUDA_VISIBLE_DEVICES?); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"--device {device}: only {count} GPU(s) are visible (cuda:0 to "
+                f"cuda:{count - 1}); pick one of those"
+            )
+    return device
+
+
+def check_inference_arguments(args: argparse.Namespace) -> str:
+    """Check the options of :func:`add_model_arguments` and :func:`add_sampler_arguments`
+    before any model loads; returns the device to load on.
+
+    A ``--gen-length`` left to each task is checked when the task's length is known.
+
+    Raises:
+        ValueError: a bad device or sampler setting (``nara.diffusion.sampling.check_settings``).
+        FileNotFoundError: ``--adapter`` is not an adapter folder.
+    """
+    from nara.diffusion.sampling import check_settings
+
+    check_settings(
+        args.gen_length,
+        args.steps,
+        args.block_length,
+        temperature=args.temperature,
+        remasking=args.remasking,
+    )
+    if args.adapter:
+        from nara.adapters.save import read_config
+
+        read_config(Path(args.adapter))
+    return resolve_device(args.device)
 
 
 def load_for_inference(args: argparse.Namespace) -> tuple[Any, Any, int]:
-    """(model in eval mode with the adapter loaded, tokenizer, mask token id)."""
+    """(model in eval mode with the adapter loaded, tokenizer, mask token id), every option
+    checked first (:func:`check_inference_arguments`)."""
     import torch
 
     from nara.models import load_model
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = check_inference_arguments(args)
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     if dtype is None and str(device).startswith("cuda"):
         dtype = torch.bfloat16
@@ -80,8 +157,16 @@ def make_generate_fn(
     remasking: str = "low_confidence",
     temperature: float = 0.0,
     seed: int = 0,
+    sampler: str | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    alg_temp: float | None = None,
 ) -> Callable[[list[str], int], list[str]]:
-    """``fn(prompts, gen_length) -> answers``: left-padded batch through nara's sampler."""
+    """``fn(prompts, gen_length) -> answers``: left-padded batch through nara's sampler.
+
+    ``steps`` above an answer length (a task with a shorter default) are lowered to that length,
+    with a one-line note on stderr the first time for each length.
+    """
     import torch
 
     from nara.data.collate import encode_prompt
@@ -89,6 +174,7 @@ def make_generate_fn(
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
+    noted: set[int] = set()  # answer lengths whose too-many steps were already reported
 
     @torch.no_grad()
     def generate_fn(prompts: list[str], gen_length: int) -> list[str]:
@@ -100,6 +186,13 @@ def make_generate_fn(
             ids[row, width - len(e) :] = torch.tensor(e)
             mask[row, width - len(e) :] = 1
         steps_here = min(steps or gen_length, gen_length)
+        if steps_here != (steps or gen_length) and gen_length not in noted:
+            noted.add(gen_length)
+            print(
+                f"note: {steps} steps exceed the answer length {gen_length}; sampling it with "
+                f"{gen_length} steps (one token per step)",
+                file=sys.stderr,
+            )
         out = generate(
             model,
             ids.to(device),
@@ -112,6 +205,10 @@ def make_generate_fn(
             remasking=remasking,
             eos_token_id=tokenizer.eos_token_id,
             generator=torch.Generator(device=device).manual_seed(seed),
+            sampler=sampler,
+            top_p=top_p,
+            top_k=top_k,
+            alg_temp=alg_temp,
         )
         return tokenizer.batch_decode(out, skip_special_tokens=True)
 
@@ -132,4 +229,8 @@ def generate_fn_from_args(
         remasking=args.remasking,
         temperature=args.temperature,
         seed=args.seed,
+        sampler=args.sampler,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        alg_temp=args.alg_temp,
     )

@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    empty = [i + 1 for i, prompt in enumerate(args.prompt) if not prompt.strip()]
+    if empty:
+        raise ValueError(
+            f"--prompt number {empty[0]} of {len(args.prompt)} is empty; pass the text to answer, "
+            'e.g. --prompt "What is 3 + 4?"'
+        )
     model, tokenizer, mask_token_id = load_for_inference(args)
     generate_fn = generate_fn_from_args(args, model, tokenizer, mask_token_id)
     for prompt, answer in zip(args.prompt, generate_fn(args.prompt, args.gen_length)):

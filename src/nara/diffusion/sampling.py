@@ -61,18 +61,7 @@ def transfer_schedule(num_masked: torch.Tensor, steps: int) -> torch.Tensor:
     return base[:, None] + extra.long()
 
 
-def _check_args(
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    mask_token_id: int,
-    gen_length: int,
-    steps: int,
-    block_length: int,
-    temperature: float,
-    remasking: str,
-    cfg_scale: float,
-    threshold: float | None,
-) -> None:
+def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
     if attention_mask is not None:
@@ -87,25 +76,45 @@ def _check_args(
                 "prompts must be left-padded (attention_mask zeros then ones on every row); "
                 "tokenize with padding_side='left'"
             )
+
+
+def check_settings(
+    gen_length: int | None,
+    steps: int | None,
+    block_length: int | None = None,
+    temperature: float = 0.0,
+    remasking: str = "low_confidence",
+    cfg_scale: float = 0.0,
+    threshold: float | None = None,
+) -> None:
+    """Raise ValueError, naming the value and the fix, for settings :func:`generate` refuses.
+
+    Callers can check before loading a model: ``None`` for ``gen_length``, ``steps`` or
+    ``block_length`` means "not known yet" (e.g. each task's own length) and skips the checks
+    that need it.
+    """
     for name, value in (
         ("gen_length", gen_length),
         ("steps", steps),
         ("block_length", block_length),
     ):
+        if value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if gen_length % block_length != 0:
-        raise ValueError(
-            f"gen_length={gen_length} must be a multiple of block_length={block_length}; "
-            "choose a block_length that divides gen_length"
-        )
-    num_blocks = gen_length // block_length
-    if steps % num_blocks != 0:
-        raise ValueError(
-            f"steps={steps} must be a multiple of the number of blocks "
-            f"({gen_length} // {block_length} = {num_blocks}) so every block gets the same steps"
-        )
-    if steps > gen_length:
+    if gen_length is not None and block_length is not None:
+        if gen_length % block_length != 0:
+            raise ValueError(
+                f"gen_length={gen_length} must be a multiple of block_length={block_length}; "
+                "choose a block_length that divides gen_length"
+            )
+        num_blocks = gen_length // block_length
+        if steps is not None and steps % num_blocks != 0:
+            raise ValueError(
+                f"steps={steps} must be a multiple of the number of blocks ({gen_length} // "
+                f"{block_length} = {num_blocks}) so every block gets the same steps"
+            )
+    if gen_length is not None and steps is not None and steps > gen_length:
         raise ValueError(
             f"steps={steps} exceeds gen_length={gen_length}; each step commits at least one "
             "token, so use steps <= gen_length"
@@ -355,18 +364,8 @@ def generate(
     check_token_id(model, mask_token_id)
     if eos_token_id is not None:
         check_token_id(model, eos_token_id, "eos_token_id")
-    _check_args(
-        input_ids,
-        attention_mask,
-        mask_token_id,
-        gen_length,
-        steps,
-        block_length,
-        temperature,
-        remasking,
-        cfg_scale,
-        threshold,
-    )
+    _check_prompt(input_ids, attention_mask)
+    check_settings(gen_length, steps, block_length, temperature, remasking, cfg_scale, threshold)
     b, prompt_len = input_ids.shape
     _check_length(model, prompt_len, gen_length)
     sampler = resolve_sampler(

@@ -68,7 +68,8 @@ def load_model(
             i + 1); recorded as ``model.config.logit_convention``.
 
     Raises:
-        FileNotFoundError: the tiny model is not built yet, or the local path does not exist.
+        FileNotFoundError: the tiny model is not built yet, the local path does not exist, or a
+            hub name cannot be found (offline, misspelt or private).
         ValueError: the checkpoint's weights do not match its config (missing keys, wrong
             shapes), no mask token id can be found, or the logit convention of a model of no
             native family is unknown (the message lists the families and the fix).
@@ -78,7 +79,7 @@ def load_model(
             f"logit_convention must be one of {LOGIT_CONVENTIONS}, got {logit_convention!r}"
         )
     path = _resolve(name_or_path)
-    raw = PretrainedConfig.get_config_dict(path)[0]
+    raw = _config_dict(path)
     placement: dict[str, Any] = {}
     if dtype is not None:
         placement["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -123,6 +124,21 @@ def _resolve(name_or_path: str | Path) -> str:
             '"tiny" for the embedded model or a hub name such as "GSAI-ML/LLaDA-8B-Instruct"'
         )
     return text  # a hub name; transformers reports if it cannot be fetched
+
+
+def _config_dict(path: str) -> dict[str, Any]:
+    """The raw config of a local folder or hub name; a hub name that cannot be found (offline,
+    misspelt, private) is a FileNotFoundError that says so instead of the hub library's text."""
+    try:
+        return PretrainedConfig.get_config_dict(path)[0]
+    except OSError as err:
+        if Path(path).is_dir():
+            raise
+        raise FileNotFoundError(
+            f"could not find model {path!r} locally or on the Hugging Face hub (offline?): pass a "
+            "local folder, or set HF_HUB_OFFLINE=0 and check the name "
+            f"({(str(err) or type(err).__name__).splitlines()[0]})"
+        ) from err
 
 
 def _load_checked(model_class: type[PreTrainedModel], path: str, **kwargs: Any) -> PreTrainedModel:
