@@ -25,7 +25,7 @@ def demo(model_dir: Path, output: Path, *extra: str, limit: int = 2) -> list[str
         "training.save_every=1",
         "data.max_examples=8",
         "data.val_max_examples=4",
-        "data.max_length=128",
+        "data.max_length=224",
     ]
     return ["demo", "--methods", "lora", "--limit", str(limit), "--output", str(output),
             "--no-progress", *extra, "--set", *overrides]  # fmt: skip
