@@ -5,6 +5,7 @@ the test only runs when that layer is active, and checks that no sandbox process
 """
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -12,21 +13,10 @@ import pytest
 
 from nara.evaluation.sandbox import SandboxLimits, isolation, run_program, run_programs
 
+sys.path.insert(0, str(Path(__file__).parent))
+from sandbox_support import name_processes, survivors  # noqa: E402
+
 FAST = SandboxLimits(timeout=3, max_processes=16)
-
-
-def sandbox_processes() -> list[str]:
-    """Live (non-zombie) processes started by the sandbox (their argv holds the judge's source)."""
-    alive = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"The judge: runs inside the sandbox" in cmd and state != "Z":
-            alive.append(pid)
-    return alive
 
 
 def run(source: str, limits: SandboxLimits = FAST):
@@ -97,19 +87,22 @@ for path in [{str(marker)!r}, {str(protected)!r}]:
 
 @pytest.mark.skipif(not isolation()["process_limit"], reason="no process limit on this machine")
 def test_fork_bomb_is_contained_and_nothing_survives():
+    marker = f"nara-bomb-{os.getpid() % 10000}"
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
-    result = run(code)
+    result = run(name_processes(marker) + code)
     assert result.status in ("timed_out", "crashed")
     time.sleep(0.5)
-    assert sandbox_processes() == []
+    assert survivors(marker) == []
 
 
-@pytest.mark.skipif(not isolation()["namespaces"], reason="needs a PID namespace")
-def test_daemonized_child_is_killed():
-    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
-    assert run(code).status == "passed"
+def test_daemon_in_its_own_session_dies_with_the_sample():
+    """A double-forked daemon in a new session: the PID namespace, or the judge as subreaper."""
+    marker = f"nara-dmn-{os.getpid() % 10000}"
+    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+    code += "        time.sleep(60)\n    os._exit(0)\n"
+    assert run(name_processes(marker) + code).status == "passed"
     time.sleep(0.5)
-    assert sandbox_processes() == []
+    assert survivors(marker) == []
 
 
 def test_run_programs_keeps_order_in_parallel():

@@ -93,6 +93,7 @@ def _minimal_root(libc, disk_bytes: int, inodes: int) -> None:
         _mount(libc, f"/dev/{name}", f"{dev}/{name}", None, _MS_BIND)
     for name, target in _DEV_LINKS.items():
         os.symlink(target, f"{dev}/{name}")
+    _mount(libc, None, dev, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NOEXEC)
     os.mkdir(root + "/proc")  # the proc of our own PID namespace (unshare --mount-proc)
     _mount(libc, "/proc", root + "/proc", None, _MS_BIND | _MS_REC)
     os.mkdir(root + "/tmp")
