@@ -157,8 +157,10 @@ class Trainer:
         sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         if sharded and (self.cfg.save_every or self.cfg.resume):
             raise ConfigError(
-                f"training.save_every / training.resume under {acc.distributed_type}: resumable "
-                "checkpoints support single-process and DDP runs; unset them or launch with DDP"
+                f"training.save_every / training.resume under {acc.distributed_type}: nara's "
+                "resumable checkpoints (pickle-free, every process's RNG) support single-process "
+                "and DDP runs; add training.save_every=none training.resume=none, or launch with "
+                "configs/accelerate/ddp.yaml"
             )
         outcome: list[Any] = [None]
         if acc.is_main_process:
