@@ -15,8 +15,8 @@ THINGS = {t.name: t for t in WORLD}
 # Phrases that only the held-out tasks use (their new templates and operations).
 HELD_OUT_MARKERS = (
     "Option1", "option1/option2", "The _", "so the _", "did not fit into",
-    "Trace this Python program", " % ", " // ", " for ", "in each bag", "equally among",
-    "packs of", "then lost",
+    "After this Python code runs", " = value", "Answer format: equation", "bakes", "puts",
+    "on Monday", "Before that", "sells", "removes", "then lost",
 )  # fmt: skip
 
 
@@ -101,12 +101,7 @@ def test_commonsense_answers_follow_the_world():
             assert chosen.use is not None and f"needed to {chosen.use}," in body
 
 
-ARITHMETIC_RULES = (  # (pattern, formula) written from the templates' wording
-    (r"has (\d+) bags with (\d+) \w+ in each bag", lambda a, b: a * b),
-    (r"Each of (\d+) shelves holds (\d+)", lambda a, b: a * b),
-    (r"shares (\d+) \w+ equally among (\d+) friends", lambda n, k: n // k),
-    (r"had (\d+) \w+, found (\d+) more and then lost (\d+)", lambda a, b, c: a + b - c),
-    (r"buys (\d+) packs .* Each pack has (\d+) .* gives away (\d+)", lambda a, b, c: a * b - c),
+CORPUS_RULES = (  # (pattern, formula) written from the corpus templates' wording
     (r"has (\d+) \w+\. \w+ gets (\d+) more", lambda a, b: a + b),
     (r"picked (\d+) \w+ in the morning and (\d+)", lambda a, b: a + b),
     (r"There are (\d+) \w+ in one box and (\d+)", lambda a, b: a + b),
@@ -116,34 +111,61 @@ ARITHMETIC_RULES = (  # (pattern, formula) written from the templates' wording
     (r"What is (\d+) plus (\d+)\?", lambda a, b: a + b),
     (r"What is (\d+) minus (\d+)\?", lambda a, b: a - b),
 )
+TASK_RULES = (  # (pattern, operation, operand order) from the task templates' wording
+    (r"bakes (\d+) \w+ and then bakes (\d+) more", "+", (0, 1)),
+    (r"shelf has (\d+) \w+\. \w+ puts (\d+)", "+", (0, 1)),
+    (r"collects (\d+) \w+ on Monday and (\d+)", "+", (0, 1)),
+    (r"gives \w+ (\d+) \w+\. Before that \w+ had (\d+)", "+", (1, 0)),
+    (r"has (\d+) \w+ and sells (\d+)", "-", (0, 1)),
+    (r"jar holds (\d+) \w+\. \w+ removes (\d+)", "-", (0, 1)),
+    (r"owned (\d+) \w+, then lost (\d+)", "-", (0, 1)),
+)
 
 
-def _arithmetic_value(question: str) -> int:
-    for pattern, formula in ARITHMETIC_RULES:
+def _corpus_value(question: str) -> int:
+    for pattern, formula in CORPUS_RULES:
         match = re.search(pattern, question)
         if match:
             return formula(*map(int, match.groups()))
     raise AssertionError(f"no rule for {question!r}")
 
 
+def _task_equation(question: str) -> str:
+    for pattern, op, order in TASK_RULES:
+        match = re.search(pattern, question)
+        if match:
+            x, y = (int(match[i + 1]) for i in order)
+            return f"{x} {op} {y} = {x + y if op == '+' else x - y}"
+    raise AssertionError(f"no rule for {question!r}")
+
+
 def test_arithmetic_answers_are_correct(corpus):
-    records = load_embedded("arithmetic", "test") + load_embedded("arithmetic", "train")[:300]
-    records += [r for r in corpus if r["family"] == "arithmetic"][:500]
-    for r in records:
-        assert int(r["answer"]) == _arithmetic_value(_body(r["prompt"])), r
-    shares = [r for r in records if "equally" in r["prompt"]]
-    assert shares and all(int(re.search(r"shares (\d+)", r["prompt"])[1]) % int(
-        re.search(r"among (\d+)", r["prompt"])[1]) == 0 for r in shares)  # fmt: skip
+    for r in [r for r in corpus if r["family"] == "arithmetic"][:500]:
+        assert int(r["answer"]) == _corpus_value(_body(r["prompt"])), r
+    for r in load_embedded("arithmetic", "test") + load_embedded("arithmetic", "train")[:300]:
+        assert r["prompt"].endswith("\nAnswer format: equation\nAnswer:\n")
+        assert r["answer"] == _task_equation(_body(r["prompt"])), r
+
+
+def test_arithmetic_holds_out_whole_equations():
+    """No test equation (same operation and operands) is ever seen in fine-tuning."""
+    train = {r["answer"] for r in load_embedded("arithmetic", "train")}
+    test = {r["answer"] for r in load_embedded("arithmetic", "test")}
+    assert test and not train & test
 
 
 def test_program_outputs_are_what_python_prints(corpus):
-    records = load_embedded("programs", "test") + load_embedded("programs", "train")[:300]
-    records += [r for r in corpus if r["prompt"].startswith("Question: What does this Python")][
-        :500
-    ]
-    for r in records:
+    records = [r for r in corpus if r["prompt"].startswith("Question: What does this Python")]
+    for r in records[:500]:
         code = _body(r["prompt"]).split("\n", 1)[1]
         assert _printed(code) == r["answer"], r
+    for r in load_embedded("programs", "test") + load_embedded("programs", "train")[:300]:
+        first, *lines, answer_format = _body(r["prompt"]).split("\n")
+        var = re.fullmatch(r"After this Python code runs, what is the value of (\w+)\?", first)[1]
+        assert answer_format == f"Answer format: {var} = value"
+        namespace: dict = {}
+        exec("\n".join(lines), namespace)
+        assert r["answer"] == f"{var} = {namespace[var]}", r
 
 
 def test_function_completions_compile_and_run(corpus):
@@ -171,7 +193,7 @@ def test_corpus_families_and_formats(corpus):
 def test_task_specs_and_errors():
     tasks = embedded_tasks()
     assert {n: t.scorer for n, t in tasks.items()} == {
-        "commonsense": "keyword", "arithmetic": "number", "programs": "exact"}  # fmt: skip
+        "commonsense": "keyword", "arithmetic": "exact", "programs": "exact"}  # fmt: skip
     assert tasks["commonsense"].choices == ("option1", "option2")
     with pytest.raises(KeyError, match="choose from"):
         load_embedded("nope", "train")

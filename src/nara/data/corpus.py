@@ -12,8 +12,9 @@ fine-tuning and evaluation see one layout. The families mirror the NaRA paper's 
 - ``programs``: predict what a short Python snippet prints (the true output is computed by
   running the generated snippet), or complete a one-line function from its docstring.
 
-The embedded tasks hold out new templates and operations (multiplication in word problems,
-function calls, ``option1/option2`` questions); those templates never occur here.
+The embedded tasks ask for the same skills in new templates and answer formats (WinoGrande-style
+``option1/option2`` questions, word problems answered by an equation, the value of a variable as
+``name = value``); those templates never occur here.
 """
 
 from __future__ import annotations

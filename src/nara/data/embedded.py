@@ -10,10 +10,15 @@ and fine-tuning has something to learn:
   true/false, solution1/2 and answer1..4). Half the sentences state the deciding fact (the model
   must read the cue); the others need the world's weights, sizes and uses from pre-training. The
   splits hold out whole object pairs, so memorising pairs does not help.
-- ``arithmetic``: word problems with multiplication, sharing (division) and two steps
-  (pre-training has one addition or subtraction; multiplication appears only in code).
-- ``programs``: trace a small function call, a list comprehension, ``%`` or ``//`` and give the
-  printed output (pre-training prints single expressions).
+- ``arithmetic``: one-step word problems (numbers 1-20) in phrasings the corpus never uses,
+  answered with the equation ``a + b = c`` (the corpus answers a bare number). The splits hold
+  out whole equations, so the sums of the test set are known only from pre-training.
+- ``programs``: the value of a variable after two assignment lines, answered ``name = value``
+  (the corpus asks what a ``print`` shows and answers the output alone).
+
+Pre-training teaches the skills in its own surface form and these tasks ask for them in another,
+as instruction tuning does with a base model: the base model does not produce the new formats
+zero-shot, and fine-tuning unlocks what it already knows.
 
 Scorers: ``keyword`` (the first of ``choices`` in the output), ``number`` (the last number),
 ``exact`` (whole output, stripped).
@@ -32,6 +37,7 @@ from nara.data.corpus import (
     NAMES,
     TOOLS,
     VARS,
+    WORDS,
     WORLD,
     Thing,
     distinct,
@@ -113,51 +119,70 @@ def commonsense_example(rng: random.Random) -> tuple[Hashable, str, str]:
     return key, instruction, f"option{pair.index(target) + 1}"
 
 
-# ---------------------------------------------------------------- arithmetic: new operations
+# ---------------------------------------------------------------- arithmetic: equations
+
+# One-step word problems in phrasings the corpus never uses; the answer is the equation.
+# Each template: (text with {name} {other} {item} {a} {b} {total}, operation).
+ARITHMETIC_TEMPLATES = (
+    ("{name} bakes {a} {item}s and then bakes {b} more. How many {item}s did {name} bake?", "+"),
+    ("A shelf has {a} {item}s. {name} puts {b} {item}s on the shelf. How many {item}s are on the shelf now?", "+"),
+    ("{name} collects {a} {item}s on Monday and {b} on Tuesday. How many {item}s does {name} have?", "+"),
+    ("{other} gives {name} {b} {item}s. Before that {name} had {a}. How many {item}s does {name} have now?", "+"),
+    ("{name} has {total} {item}s and sells {b} of them. How many {item}s are left?", "-"),
+    ("A jar holds {total} {item}s. {name} removes {b}. How many {item}s stay in the jar?", "-"),
+    ("{name} owned {total} {item}s, then lost {b}. How many {item}s does {name} own now?", "-"),
+)  # fmt: skip
 
 
 def arithmetic_example(rng: random.Random) -> tuple[Hashable, str, str]:
-    name = rng.choice(NAMES)
-    item = rng.choice(ITEMS)
-    a, b = rng.randint(2, 9), rng.randint(2, 9)
-    c = rng.randint(1, 30)
-    templates = (
-        (f"{name} has {a} bags with {b} {item}s in each bag. How many {item}s does {name} have in all?", a * b),
-        (f"Each of {a} shelves holds {b} {item}s. How many {item}s are on the shelves?", a * b),
-        (f"{name} shares {a * b} {item}s equally among {a} friends. How many {item}s does each friend get?", b),
-        (f"{name} had {c + a} {item}s, found {b} more and then lost {c}. How many {item}s does {name} have now?", a + b),
-        (f"{name} buys {a} packs of {item}s. Each pack has {b} {item}s. {name} gives away {a}. How many {item}s are left?", a * b - a),
-    )  # fmt: skip
-    question, value = rng.choice(templates)
-    return question, question, str(value)
+    """A word problem; the answer is its equation, ``a + b = c`` or ``total - b = a``.
 
-
-# ---------------------------------------------------------------- programs: trace and output
-
-
-def program_code(rng: random.Random) -> str:
-    v, u = distinct(rng, VARS, 2)
-    fname = rng.choice(("f", "g", "h", "step", "calc", "twist"))
-    a, b, k = rng.randint(0, 9), rng.randint(1, 9), rng.randint(1, 5)
-    xs = [rng.randint(0, 9) for _ in range(rng.randint(2, 4))]
-    options = (
-        f"def {fname}({v}):\n    return {v} * {k} + {b}\nprint({fname}({a}))",
-        f"def {fname}({v}):\n    return {v} - {k}\nprint({fname}({a}) * 2)",
-        f"def {fname}({v}, {u}):\n    return {v} * {u} - {k}\nprint({fname}({a}, {b}))",
-        f"print([{v} + {k} for {v} in {xs}])",
-        f"print([{v} * {v} for {v} in {xs}])",
-        f"print({a + 10} % {b})",
-        f"print({a + 10} // {b})",
+    The corpus teaches the sums and differences (numbers 1-20, answer a bare number); here the
+    operands must be read off a new phrasing and written as an equation. The split key is the
+    operation and its operands, so no test equation is ever seen in fine-tuning.
+    """
+    name, other = distinct(rng, NAMES, 2)
+    a, b = rng.randint(1, 20), rng.randint(1, 20)
+    template, op = rng.choice(ARITHMETIC_TEMPLATES)
+    question = template.format(
+        name=name, other=other, item=rng.choice(ITEMS), a=a, b=b, total=a + b
     )
-    return rng.choice(options)
+    equation = f"{a} + {b} = {a + b}" if op == "+" else f"{a + b} - {b} = {a}"
+    return (op, a, b), f"{question}\nAnswer format: equation", equation
+
+
+# ---------------------------------------------------------------- programs: value of a variable
+
+
+def program_code(rng: random.Random) -> tuple[str, str]:
+    """Two assignment lines (no print) and the variable asked for; the corpus's operations."""
+    v, u = distinct(rng, VARS, 2)
+    a, b, k = rng.randint(0, 20), rng.randint(0, 20), rng.randint(0, 5)
+    xs = [rng.randint(0, 9) for _ in range(rng.randint(2, 5))]
+    word = rng.choice(WORDS)
+    options = (
+        f"{v} = {a}\n{u} = {v} + {b}",
+        f"{v} = {a}\n{u} = {v} - {b}",
+        f"{v} = {a}\n{u} = {v} * {k}",
+        f"{v} = {a}\n{u} = max({v}, {b})",
+        f"{v} = {a}\n{u} = {v} > {b}",
+        f"{v} = {xs}\n{u} = len({v})",
+        f"{v} = {xs}\n{u} = sum({v})",
+        f"{v} = {xs}\n{u} = {v}[-1]",
+        f"{v} = {xs}\n{u} = sorted({v})",
+        f"{v} = '{word}'\n{u} = {v}.upper()",
+    )
+    return rng.choice(options), u
 
 
 def programs_example(rng: random.Random) -> tuple[Hashable, str, str]:
-    code = program_code(rng)
+    code, var = program_code(rng)
+    value = run_snippet(f"{code}\nprint({var})")
     return (
         code,
-        f"Trace this Python program and write exactly what it prints.\n{code}",
-        run_snippet(code),
+        f"After this Python code runs, what is the value of {var}?\n{code}\n"
+        f"Answer format: {var} = value",
+        f"{var} = {value}",
     )
 
 
@@ -177,14 +202,14 @@ def embedded_tasks() -> dict[str, TaskSpec]:
         ),
         TaskSpec(
             "arithmetic",
-            "word problems with multiplication, sharing and two steps; answer a number",
-            "number",
+            "one-step word problems in new phrasings; answer the equation (a + b = c)",
+            "exact",
             arithmetic_example,
             seed=202,
         ),
         TaskSpec(
             "programs",
-            "trace a function call, list comprehension, % or //; answer the printed output",
+            "the value of a variable after two assignments; answer `name = value`",
             "exact",
             programs_example,
             seed=303,
