@@ -139,6 +139,9 @@ class DreamAttention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=True)
         self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=True)
         self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
+        # Key/value hook, None or a callable (k, v, key_mask) -> (k, v, key_mask) run after the
+        # rotary embedding: prefix tuning (nara.adapters.prefix) prepends learned keys/values.
+        self.kv_prefix = None
 
     def forward(
         self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None
@@ -149,6 +152,8 @@ class DreamAttention(nn.Module):
         k = self.k_proj(h).view(b, t, self.n_kv_heads, -1).transpose(1, 2)  # (B, H_kv, T, D)
         v = self.v_proj(h).view(b, t, self.n_kv_heads, -1).transpose(1, 2)  # (B, H_kv, T, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.kv_prefix is not None:
+            k, v, key_mask = self.kv_prefix(k, v, key_mask)  # (B, H_kv, n + T, D)
         y = bidirectional_attention(q, k, v, key_mask)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
