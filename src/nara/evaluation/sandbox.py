@@ -401,6 +401,8 @@ def _supervise(
         proc.wait()
     for reader in (*readers, verdict_reader):
         reader.join(timeout=5)
+        if not reader.is_alive():  # a reader still blocked holds the stream's lock
+            reader.stream.close()
     out, err = readers[0].text(), readers[1].text()
     status, details = _classify(proc.returncode, verdict_reader.text(), timed_out, limits, err)
     if any(r.truncated for r in readers):

@@ -1,0 +1,166 @@
+"""Isolation levels: reduced paths forced on this machine, strict mode, and an ordinary user.
+
+The probe for full isolation is replaced to force the fallbacks (as in a container without
+``unshare``); an ordinary user is simulated with ``setpriv`` when the tests run as root.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from nara.evaluation import sandbox
+from nara.evaluation.sandbox import (
+    SandboxLimits,
+    SandboxUnavailable,
+    isolation,
+    isolation_report,
+    run_program,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sandbox_support import name_processes, survivors  # noqa: E402
+
+LIMITS = SandboxLimits(timeout=10)
+USER = 1000  # an ordinary uid, simulated with setpriv
+
+
+@pytest.fixture
+def no_namespaces(monkeypatch):
+    """Make the full-isolation probe fail, as on a machine without user namespaces."""
+    monkeypatch.setattr(sandbox, "_probe_full", lambda python, uid: "forced off by the test")
+    monkeypatch.setattr(sandbox, "_warned", set())
+    isolation.cache_clear()
+    yield
+    isolation.cache_clear()
+
+
+def test_report_is_small_and_json_ready():
+    report = isolation_report()
+    assert set(report) == {"level", "filesystem", "network", "processes", "reason"}
+    assert json.loads(json.dumps(report)) == report
+    assert report["level"] in ("full", "reduced", "none")
+    if report["level"] == "full":
+        assert report["reason"] == "" and report["filesystem"].startswith("minimal root")
+
+
+def test_reduced_level_warns_once_and_strict_refuses(no_namespaces):
+    level = "reduced" if os.geteuid() == 0 else "none"
+    assert isolation_report()["level"] == level
+    assert "forced off by the test" in isolation_report()["reason"]
+    with pytest.raises(SandboxUnavailable, match="strict mode"):
+        run_program("pass", SandboxLimits(mode="strict"))
+    with pytest.warns(RuntimeWarning, match="REDUCED ISOLATION"):
+        assert run_program("assert 1 + 1 == 2", LIMITS).status == "passed"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise here
+        assert run_program("assert 1 + 1 == 3", LIMITS).status == "failed"
+
+
+def test_invalid_mode_is_explained():
+    with pytest.raises(ValueError, match="'paranoid'.*'auto' or 'strict'"):
+        SandboxLimits(mode="paranoid")
+
+
+@pytest.mark.filterwarnings("ignore:nara sandbox")
+def test_reduced_level_cleans_up_and_kills_daemons(no_namespaces):
+    before = set(Path(tempfile.gettempdir()).glob("nara-sandbox-*"))
+    deep = "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\n"
+    assert run_program(deep, LIMITS).status == "passed"
+    bad = run_program("x = '\ud800'\n", LIMITS)
+    assert bad.status == "failed" and "surrogate" in bad.details
+    marker = f"nara-rdm-{os.getpid() % 10000}"
+    daemon = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+    daemon += "        time.sleep(60)\n    os._exit(0)\n"
+    assert run_program(name_processes(marker) + daemon, LIMITS).status == "passed"
+    time.sleep(0.5)
+    assert survivors(marker) == []
+    assert set(Path(tempfile.gettempdir()).glob("nara-sandbox-*")) == before
+
+
+@pytest.mark.filterwarnings("ignore:nara sandbox")
+@pytest.mark.skipif(os.geteuid() != 0, reason="the dedicated uid applies to a root evaluator")
+def test_reduced_level_as_root_protects_the_callers_files(no_namespaces, tmp_path):
+    target = tmp_path / "caller.txt"
+    target.write_text("mine")
+    code = f"try:\n    open({str(target)!r}, 'w').write('x')\nexcept OSError:\n    pass\n"
+    assert run_program(code, LIMITS).status == "passed"
+    assert target.read_text() == "mine"
+
+
+USER_SCRIPT = """
+import importlib.util, json, sys, warnings
+spec = importlib.util.spec_from_file_location("nara_sandbox", sys.argv[1])
+sandbox = importlib.util.module_from_spec(spec)
+sys.modules["nara_sandbox"] = sandbox
+spec.loader.exec_module(sandbox)
+home = sys.argv[2]
+attack = f'''
+import os
+for name in ("secret.txt", ".bashrc"):
+    path = os.path.join({home!r}, name)
+    try:
+        print("READ", open(path).read())
+    except OSError:
+        pass
+    try:
+        open(path, "a").write("pwned")
+    except OSError:
+        pass
+'''
+out = {"full": sandbox.isolation_report()["level"]}
+out["full_run"] = sandbox.run_program(attack).stdout
+sandbox._probe_full = lambda python, uid: "forced off by the test"
+sandbox.isolation.cache_clear()
+out["reduced"] = sandbox.isolation_report()["level"]
+try:
+    sandbox.run_program("pass", sandbox.SandboxLimits(mode="strict"))
+except sandbox.SandboxUnavailable as err:
+    out["strict"] = str(err)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    out["auto"] = sandbox.run_program("pass").status
+out["warnings"] = [str(w.message) for w in caught]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+def test_ordinary_user_files_are_protected_or_the_run_refused():
+    home = Path(tempfile.mkdtemp(prefix="nara-user-home-"))
+    try:
+        (home / "secret.txt").write_text("ssh key")
+        (home / ".bashrc").write_text("# rc\n")
+        os.chown(home, USER, USER)
+        for path in home.iterdir():
+            os.chown(path, USER, USER)
+        boot = Path(sandbox.__file__)
+        run = subprocess.run(
+            ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups"]
+            + ["/usr/bin/python3", "-I", "-c", USER_SCRIPT, str(boot), str(home)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=home,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
+        )
+        assert run.returncode == 0, run.stderr
+        out = json.loads(run.stdout.strip().splitlines()[-1])
+        if out["full"] == "full":  # user namespaces: the home is simply not there
+            assert "READ" not in out["full_run"]
+            assert (home / "secret.txt").read_text() == "ssh key"
+            assert (home / ".bashrc").read_text() == "# rc\n"
+        assert out["reduced"] == "none"
+        assert "runs as YOU" in out["strict"] and "Refusing" in out["strict"]
+        assert out["auto"] == "passed" and any("REDUCED ISOLATION" in w for w in out["warnings"])
+    finally:
+        shutil.rmtree(home)
