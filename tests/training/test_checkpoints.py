@@ -143,6 +143,19 @@ def test_every_torch_load_in_nara_is_weights_only():
     assert calls >= 1
 
 
+def test_a_forged_marker_or_state_file_is_a_clear_error(tmp_path):
+    folder = tmp_path / "step_0000001"
+    folder.mkdir()
+    (folder / ckpt.COMPLETE).write_text('{"format": 1, "step": 1, "files": {}}')
+    assert ckpt.problem(folder) == (
+        "its complete.json does not list trainer_state.json, model.safetensors, "
+        "optimizer.pt, rng_state_0.safetensors"
+    )
+    (folder / ckpt.TRAINER_STATE).write_text('{"step": 1')
+    with pytest.raises(ckpt.CheckpointError, match="trainer_state.json is not valid JSON"):
+        ckpt.load_json(folder / ckpt.TRAINER_STATE)
+
+
 # ----------------------------------------------------------------------------- atomic saves
 
 

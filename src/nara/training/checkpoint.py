@@ -204,6 +204,9 @@ def problem(path: Path) -> str | None:
         files = json.loads(marker.read_text())["files"]
     except (ValueError, KeyError, TypeError):
         return f"its {COMPLETE} is damaged"
+    missing = [n for n in (TRAINER_STATE, WEIGHTS, OPTIMIZER, rng_name(0)) if n not in files]
+    if missing:
+        return f"its {COMPLETE} does not list {', '.join(missing)}"
     for name, digest in files.items():
         file = path / name
         if not file.is_file():
@@ -256,7 +259,18 @@ def save_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def load_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    """A JSON object from ``path``.
+
+    Raises:
+        CheckpointError: the file is not a JSON object.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    return data
 
 
 def save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
