@@ -5,6 +5,10 @@ section.key=value, coerced to the key's type and validated like the file (an unk
 bad value is an error naming it). Multi-GPU / multi-node: launch the same command with
 `accelerate launch --config_file configs/accelerate/<ddp|fsdp|deepspeed_zero2>.yaml -m nara.cli
 train ...` or `torchrun --nproc_per_node N -m nara.cli train ...`.
+
+A used output_dir is refused unless training.resume=latest continues the same run or
+training.overwrite=true replaces it; a second run into a folder that is being written fails at
+once. Ctrl-C stops without leaving anything half-written and prints the command that continues.
 """
 
 from __future__ import annotations
