@@ -80,7 +80,8 @@ def test_empty_data_file_is_an_error_not_zero(content, tmp_path, no_model, capsy
 def test_missing_adapter_is_an_error_before_loading(tmp_path, boolq, no_model, capsys):
     argv = ["--task", "boolq", "--data", str(boolq), "--adapter", str(tmp_path / "nowhere")]
     code, _, err = run_cli(argv, capsys)
-    assert code == 2 and "no adapter at" in err and "adapter_config.json is missing" in err
+    assert code == 2 and err.startswith("nara eval: error: adapter folder")
+    assert "nowhere" in err and "adapter_config.json" in err
 
 
 def test_output_that_is_a_file_is_an_error(tmp_path, boolq, no_model, capsys):

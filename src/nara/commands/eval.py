@@ -21,6 +21,7 @@ from typing import Any
 from nara.commands._common import (
     add_model_arguments,
     add_sampler_arguments,
+    check_inference_arguments,
     generate_fn_from_args,
     load_for_inference,
 )
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     identity, label, generate_fn = None, None, None
     if not args.oracle:
+        check_inference_arguments(args)
         identity, label = generator_identity(args)
         generate_fn = _LazyGenerate(lambda: _load_generate_fn(args))
     result = run_eval(
@@ -98,24 +100,20 @@ def run(args: argparse.Namespace) -> int:
 def generator_identity(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """(fingerprint fields of the model, adapter and sampler options; a short folder label).
 
-    Batch size joins the fields only when sampling draws noise (temperature > 0 or random
-    remasking), the one case where the batch a prompt lands in changes its answer.
+    Every option of :func:`add_sampler_arguments` is recorded (read from the parser, so a new
+    option cannot be missed). Batch size joins only when sampling draws noise (temperature,
+    random remasking or --alg-temp), the one case where the batch a prompt lands in changes its
+    answer; greedy answers do not depend on it.
     """
     from nara.runs import adapter_identity, model_identity
 
     model = model_identity(args.model)
     adapter = adapter_identity(args.adapter) if args.adapter else None
-    sampler = {
-        "gen_length": args.gen_length,
-        "steps": args.steps,
-        "block_length": args.block_length,
-        "remasking": args.remasking,
-        "temperature": args.temperature,
-        "seed": args.seed,
-        "chat_template": args.chat_template,
-        "dtype": args.dtype,
-    }
-    if args.temperature > 0 or args.remasking == "random":
+    options = argparse.ArgumentParser(add_help=False)
+    add_sampler_arguments(options)
+    sampler = {a.dest: getattr(args, a.dest) for a in options._actions}
+    sampler.update(seed=args.seed, chat_template=args.chat_template, dtype=args.dtype)
+    if args.temperature > 0 or args.remasking == "random" or (args.alg_temp or 0) > 0:
         sampler["batch_size"] = args.batch_size
     label = model["name"]
     if args.adapter:
