@@ -21,7 +21,7 @@ from typing import Any
 
 from nara.data.records import Record
 from nara.evaluation import scoring, tasks
-from nara.evaluation.sandbox import SandboxLimits, run_programs
+from nara.evaluation.sandbox import SandboxLimits, check_isolation, run_tests
 from nara.runs import SHORT_LENGTH, RunLock, claim_run_folder, fingerprint, run_fingerprint
 
 GenerateFn = Callable[[list[str], int], list[str]]
@@ -152,8 +152,8 @@ def _score_code_batch(
     limits: SandboxLimits,
     workers: int | None,
 ) -> list[dict]:
-    programs = [tasks.program(task, r, g) for r, gens in zip(batch, samples) for g in gens]
-    results = iter(run_programs(programs, limits, workers=workers))
+    tests = [tasks.code_test(task, r, g) for r, gens in zip(batch, samples) for g in gens]
+    results = iter(run_tests(tests, limits, workers=workers))
     rows = []
     for gens in samples:
         outcomes = [next(results) for _ in gens]
@@ -219,6 +219,7 @@ def evaluate_task(
     Rows already in the file (same run, interrupted) are kept and their examples skipped; the
     caller makes sure the file belongs to this run (see :func:`run_eval`).
     """
+    isolation = check_isolation(sandbox) if task.family == "code" else None  # before generating
     path = output_dir / f"{task.name}.jsonl"
     done = _read_done(path, {str(r.meta.get("id")) for r in records})
     resumed = len(done)
@@ -255,6 +256,8 @@ def evaluate_task(
         bar.close()
     summary = _summarize(task, done, ks, oracle)
     summary["n_resumed"] = resumed
+    if isolation is not None:
+        summary["sandbox"] = isolation  # level, layers and mode the code ran under
     summary["fingerprint"] = run_id
     summary["seconds"] = round(time.monotonic() - start, 2)
     (output_dir / f"{task.name}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")

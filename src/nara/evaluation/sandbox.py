@@ -222,11 +222,20 @@ def isolation_report(sandbox_uid: int = 65534) -> dict[str, str]:
 _warned: set[str] = set()
 
 
-def _checked_isolation(limits: SandboxLimits) -> dict:
-    """isolation() after applying the mode: strict refuses less than full, auto warns once."""
+def check_isolation(limits: SandboxLimits | None = None) -> dict[str, str]:
+    """Apply the sandbox mode before any code runs; returns :func:`isolation_report` + the mode.
+
+    Below full isolation, "strict" raises and "auto" warns (once per process and level). Call it
+    before expensive work (loading a model) so a strict run is refused at once.
+
+    Raises:
+        SandboxUnavailable: ``limits.mode == "strict"`` and isolation is not full.
+    """
+    limits = limits or SandboxLimits()
     iso = isolation(limits.sandbox_uid)
+    report = {**isolation_report(limits.sandbox_uid), "mode": limits.mode}
     if iso["level"] == "full":
-        return iso
+        return report
     what = (
         "your files are protected by a separate uid, but the program can read the host's "
         "world-readable files and bypass the in-process network block"
@@ -244,7 +253,7 @@ def _checked_isolation(limits: SandboxLimits) -> dict:
     if iso["level"] not in _warned:
         _warned.add(str(iso["level"]))
         warnings.warn(message, RuntimeWarning, stacklevel=3)
-    return iso
+    return report
 
 
 class _CappedReader(threading.Thread):
@@ -281,7 +290,8 @@ def run_test(test: CodeTest, limits: SandboxLimits | None = None) -> ExecutionRe
         SandboxUnavailable: ``limits.mode == "strict"`` and isolation is not full.
     """
     limits = limits or SandboxLimits()
-    iso = _checked_isolation(limits)
+    check_isolation(limits)
+    iso = isolation(limits.sandbox_uid)
     return _execute(test, limits, str(iso["python"]), full=iso["level"] == "full")
 
 
@@ -474,7 +484,7 @@ def run_tests(
     """
     limits = limits or SandboxLimits()
     workers = workers or os.cpu_count() or 1
-    _checked_isolation(limits)  # probe (and warn or refuse) once before the threads start
+    check_isolation(limits)  # probe (and warn or refuse) once before the threads start
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = pool.map(lambda t: run_test(t, limits), tests)
         if progress:
