@@ -174,11 +174,21 @@ def test_unknown_hub_model_is_one_line(monkeypatch, capsys):
     )
 
 
-def test_gen_length_past_the_model_maximum_is_refused(tiny_model_dir, capsys):  # noqa: F811
+def test_gen_length_past_the_model_maximum_is_refused(tiny_model_dir, monkeypatch, capsys):  # noqa: F811
+    import nara.models
+
     args = ["generate", "--model", str(tiny_model_dir), "--prompt", "1+2="]
-    assert main([*args, "--gen-length", "100000", "--steps", "1"]) == 2
+    with monkeypatch.context() as patch:  # past the maximum alone: refused before loading
+        patch.setattr(nara.models, "load_model", None)
+        assert main([*args, "--gen-length", "100000", "--steps", "1"]) == 2
     err = capsys.readouterr().err
-    assert "plus gen_length=100000" in err and "maximum sequence length 128" in err
+    assert (
+        "gen_length=100000 is 100000 tokens, more than this model's maximum sequence length " in err
+    )
+    assert "128; use gen_length <= 128\n" in err
+    # fits alone but not with the prompt: refused once tokenized, before sampling
+    assert main([*args, "--gen-length", "128", "--steps", "1"]) == 2
+    assert re.search(r"the prompt \(\d+ tokens\) plus gen_length=128 is", capsys.readouterr().err)
 
 
 def test_nan_adapter_weights_are_an_error_not_an_empty_answer(tiny_model_dir, tmp_path, capsys):  # noqa: F811

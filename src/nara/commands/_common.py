@@ -7,6 +7,7 @@ so a fine-tuned adapter is sampled with exactly the prompt layout it was trained
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -108,7 +109,7 @@ def check_inference_arguments(args: argparse.Namespace) -> str:
         ValueError: a bad device or sampler setting (``nara.diffusion.sampling.check_settings``).
         FileNotFoundError: ``--adapter`` is not an adapter folder.
     """
-    from nara.diffusion.sampling import check_settings
+    from nara.diffusion.sampling import check_length, check_settings, max_length
 
     check_settings(
         args.gen_length,
@@ -117,11 +118,25 @@ def check_inference_arguments(args: argparse.Namespace) -> str:
         temperature=args.temperature,
         remasking=args.remasking,
     )
+    if args.gen_length is not None:  # the prompt is checked too once tokenized
+        check_length(max_length(_local_config(args.model)), 0, args.gen_length)
     if args.adapter:
         from nara.adapters.save import read_config
 
         read_config(Path(args.adapter))
     return resolve_device(args.device)
+
+
+def _local_config(model: str) -> dict[str, Any] | None:
+    """config.json of a local model folder ("tiny" included); None for a hub name or a folder
+    that load_model will report."""
+    from nara.models.loading import TINY_DIR
+
+    folder = TINY_DIR if model == "tiny" else Path(model).expanduser()
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def load_for_inference(args: argparse.Namespace) -> tuple[Any, Any, int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -139,27 +140,29 @@ def check_settings(
             )
 
 
-def max_length(model: torch.nn.Module) -> int | None:
-    """The longest sequence (prompt + answer) the model's config allows, None if it states none.
+def max_length(model_or_config: Any) -> int | None:
+    """The longest sequence (prompt + answer) a model allows, None if its config states none.
 
-    Read from ``max_sequence_length`` (LLaDA), ``max_position_embeddings`` (most Hugging Face
-    models, Dream) or ``n_positions``.
+    Takes a model (its ``.config``), a config object or a config dict (a config.json read
+    before loading). Read from ``max_sequence_length`` (LLaDA), ``max_position_embeddings``
+    (most Hugging Face models, Dream) or ``n_positions``.
     """
-    config = getattr(model, "config", None)
+    config = getattr(model_or_config, "config", model_or_config)
     for key in ("max_sequence_length", "max_position_embeddings", "n_positions"):
-        value = getattr(config, key, None)
+        value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
 
 
-def _check_length(model: torch.nn.Module, prompt_len: int, gen_length: int) -> None:
-    limit = max_length(model)
+def check_length(limit: int | None, prompt_len: int, gen_length: int) -> None:
+    """Raise ValueError if ``prompt_len + gen_length`` exceeds ``limit`` (:func:`max_length`)."""
     if limit is not None and prompt_len + gen_length > limit:
+        prompt = f"the prompt ({prompt_len} tokens) plus " if prompt_len else ""
         raise ValueError(
-            f"the prompt ({prompt_len} tokens) plus gen_length={gen_length} is "
-            f"{prompt_len + gen_length} tokens, more than this model's maximum sequence length "
-            f"{limit}; use gen_length <= {max(limit - prompt_len, 0)} or a shorter prompt"
+            f"{prompt}gen_length={gen_length} is {prompt_len + gen_length} tokens, more than "
+            f"this model's maximum sequence length {limit}; use gen_length <= "
+            f"{max(limit - prompt_len, 0)}{' or a shorter prompt' if prompt_len else ''}"
         )
 
 
@@ -367,7 +370,7 @@ def generate(
     _check_prompt(input_ids, attention_mask)
     check_settings(gen_length, steps, block_length, temperature, remasking, cfg_scale, threshold)
     b, prompt_len = input_ids.shape
-    _check_length(model, prompt_len, gen_length)
+    check_length(max_length(model), prompt_len, gen_length)
     sampler = resolve_sampler(
         model,
         sampler,
