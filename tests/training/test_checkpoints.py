@@ -87,47 +87,37 @@ def test_a_malicious_pickle_in_a_checkpoint_is_never_executed(
     good = ckpt.checkpoint_dir(tmp_path / "run", 3)
     marker = tmp_path / "pwned"
 
+    def refused(folder: Path, reason: str) -> None:
+        victim = run_config(
+            tiny_model_dir,
+            arith_files,
+            tmp_path / "victim",
+            "training.max_steps=4",
+            f"training.resume={folder}",
+        )
+        with pytest.raises(ckpt.CheckpointError, match=reason):
+            Trainer(victim, show_progress=False)
+        assert not marker.exists()
+
     # the optimizer file replaced by a pickle that runs code, its checksum forged to match
-    evil = tmp_path / "evil"
-    evil.mkdir()
-    bad = evil / "step_0000003"
+    bad = tmp_path / "evil" / "step_0000003"
     shutil.copytree(good, bad)
     torch.save({"state": WritesMarker(marker), "param_groups": []}, bad / ckpt.OPTIMIZER)
     _forge_complete(bad)
-    config = run_config(
-        tiny_model_dir,
-        arith_files,
-        tmp_path / "victim",
-        "training.max_steps=4",
-        f"training.resume={bad}",
-    )
-    with pytest.raises(ckpt.CheckpointError, match="could run code"):
-        Trainer(config, show_progress=False)
-    assert not marker.exists()
+    refused(bad, "could run code")
 
     # an RNG file that is a pickle, not safetensors
     shutil.copy(good / ckpt.OPTIMIZER, bad / ckpt.OPTIMIZER)
     torch.save(WritesMarker(marker), bad / ckpt.rng_name(0))
     _forge_complete(bad)
-    with pytest.raises(ckpt.CheckpointError, match="not a safetensors file"):
-        Trainer(config, show_progress=False)
-    assert not marker.exists()
+    refused(bad, "not a safetensors file")
 
     # the pickled custom state of an Accelerate checkpoint (older nara) is not even opened
-    legacy = evil / "step_0000009"
+    legacy = tmp_path / "evil" / "step_0000009"
     legacy.mkdir()
     torch.save(WritesMarker(marker), legacy / "custom_checkpoint_0.pkl")
     torch.save(WritesMarker(marker), legacy / "random_states_0.pkl")
-    config = run_config(
-        tiny_model_dir,
-        arith_files,
-        tmp_path / "victim",
-        "training.max_steps=4",
-        f"training.resume={legacy}",
-    )
-    with pytest.raises(ckpt.CheckpointError, match="older nara"):
-        Trainer(config, show_progress=False)
-    assert not marker.exists()
+    refused(legacy, "older nara")
 
 
 def test_every_torch_load_in_nara_is_weights_only():
