@@ -35,6 +35,28 @@ def test_sha256_file_streams_and_sees_changes(tmp_path: Path) -> None:
     assert sha256_file(path) == hashlib.sha256(data + b"x").hexdigest()
 
 
+def test_large_file_digests_persist_and_follow_changes(tmp_path, monkeypatch) -> None:
+    import nara.runs as runs
+
+    monkeypatch.setenv("NARA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(runs, "PERSIST_MIN_BYTES", 1)
+    monkeypatch.setattr(runs, "_hash_cache", {})
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"weights")
+    assert sha256_file(path) == hashlib.sha256(b"weights").hexdigest()
+    cache = tmp_path / "cache" / "sha256.json"
+    saved = json.loads(cache.read_text())
+    ((stamp, _),) = saved.values()
+    # a new process (empty memory cache) takes the stored digest: plant one to see it used
+    cache.write_text(json.dumps({str(path.resolve()): [stamp, "planted"]}))
+    monkeypatch.setattr(runs, "_hash_cache", {})
+    assert sha256_file(path) == "planted"
+    new = tmp_path / "new.safetensors"
+    new.write_bytes(b"weightz")
+    os.replace(new, path)  # same size, new content (how weights are saved): hashed again
+    assert sha256_file(path) == hashlib.sha256(b"weightz").hexdigest()
+
+
 def test_fingerprint_is_canonical(tmp_path: Path) -> None:
     a = fingerprint({"x": 1, "y": {"b": 2, "a": str(tmp_path)}})
     assert a == fingerprint({"y": {"a": tmp_path, "b": 2}, "x": 1})

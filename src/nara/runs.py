@@ -38,7 +38,9 @@ _HINTS = {
     "train": ("a new training.output_dir", "training.overwrite=true", "training.resume=latest"),
 }
 
-_hash_cache: dict[tuple[str, int, int], str] = {}
+PERSIST_MIN_BYTES = 64 << 20  # files this large keep their digest across runs (model weights)
+
+_hash_cache: dict[tuple[str, str], str] = {}
 
 
 class RunFolderError(ValueError):
@@ -48,18 +50,59 @@ class RunFolderError(ValueError):
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks.
 
-    Cached by (real path, size, mtime), so hashing model weights costs once per process.
+    Cached by (real path, size, mtime, ctime, inode): any write changes the ctime, which no one
+    can set back. Digests of files of PERSIST_MIN_BYTES or more are also kept in
+    ``$NARA_CACHE_DIR`` (default ``~/.cache/nara``), so a 16 GB model is hashed once, not on
+    every ``nara eval``.
     """
-    path = Path(path)
-    stat = path.stat()
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        _hash_cache[key] = digest.hexdigest()
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+    key = (real, stamp)
+    if key in _hash_cache:
+        return _hash_cache[key]
+    persist = st.st_size >= PERSIST_MIN_BYTES
+    saved = _read_digests().get(real) if persist else None
+    if isinstance(saved, list) and len(saved) == 2 and saved[0] == stamp:
+        _hash_cache[key] = str(saved[1])
+        return _hash_cache[key]
+    digest = hashlib.sha256()
+    with open(real, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    _hash_cache[key] = digest.hexdigest()
+    if persist:
+        _save_digest(real, stamp, _hash_cache[key])
     return _hash_cache[key]
+
+
+def _digest_file() -> Path:
+    root = os.environ.get("NARA_CACHE_DIR")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nara"
+    return Path(root) / "sha256.json"
+
+
+def _read_digests() -> dict[str, Any]:
+    try:
+        saved = json.loads(_digest_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def _save_digest(real: str, stamp: str, digest: str) -> None:
+    """Add one digest to the cache file (atomic replace); an unwritable cache is skipped."""
+    saved = _read_digests()
+    saved[real] = [stamp, digest]
+    file = _digest_file()
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(saved, indent=0), encoding="utf-8")
+        os.replace(tmp, file)
+    except OSError:
+        pass  # read-only home: the file is hashed again next time
 
 
 def model_identity(name_or_path: str | Path) -> dict[str, Any]:
