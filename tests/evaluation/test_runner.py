@@ -2,6 +2,9 @@
 default folders, bad inputs, wrong code fails, tables."""
 
 import json
+import signal
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 from nara.data.records import load_records
 from nara.evaluation import resolve, run_eval
 from nara.evaluation.tasks import data_dir, program
-from nara.runs import RunFolderError, fingerprint
+from nara.runs import RunFolderError, RunLock, fingerprint
 
 
 def make_data(tmp_path):
@@ -104,6 +107,47 @@ def test_resume_skips_done_ids_and_drops_a_torn_line(tmp_path):
     summary = result["tasks"]["boolq"]
     assert (summary["n"], summary["n_resumed"], summary["correct"]) == (10, 6, 5)
     assert result["resumed"] is True
+
+
+KILLED_RUN = """
+import os, signal, sys
+from nara.evaluation import run_eval
+calls = []
+def gen(prompts, gen_length):
+    calls.append(prompts)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, lock held, file open
+    return ["the correct answer is true"] * len(prompts)
+run_eval(None, None, "boolq", output_dir=sys.argv[1], data=sys.argv[2], generate_fn=gen,
+         batch_size=3, identity={"model": "always-true"}, progress=False, print_table=False)
+"""
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "out"
+    child = subprocess.run([sys.executable, "-c", KILLED_RUN, str(out), str(data)])
+    assert child.returncode == -signal.SIGKILL
+    assert len((out / "boolq.jsonl").read_text().splitlines()) == 6  # two whole batches
+    calls = []
+
+    def counting(prompts, gen_length):
+        calls.extend(prompts)
+        return always_true(prompts, gen_length)
+
+    result = evaluate(out, data, counting, batch_size=3)  # the kernel dropped the lock
+    assert len(calls) == 4
+    ids = [json.loads(line)["id"] for line in (out / "boolq.jsonl").read_text().splitlines()]
+    assert ids == [str(i) for i in range(10)]
+    assert result["tasks"]["boolq"]["n"] == 10
+
+
+def test_a_second_run_into_a_locked_folder_fails_at_once(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "out"
+    never = lambda p, n: pytest.fail("generated while another run holds the folder")  # noqa: E731
+    with RunLock(out), pytest.raises(RunFolderError, match="another nara run is writing"):
+        evaluate(out, data, never)
 
 
 def test_a_damaged_middle_line_stops_resume_and_keeps_the_file(tmp_path):
