@@ -199,3 +199,15 @@ def test_task_specs_and_errors():
         load_embedded("nope", "train")
     with pytest.raises(KeyError, match="validation"):
         load_embedded("arithmetic", "dev")
+
+
+def test_gen_length_holds_every_answer_and_its_eos():
+    from nara.evaluation.tasks import resolve
+    from nara.models import load_model
+
+    tokenizer = load_model("tiny").tokenizer
+    for name, spec in embedded_tasks().items():
+        answers = [r["answer"] for s in SPLIT_SIZES for r in load_embedded(name, s)]
+        longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+        assert longest + 1 <= spec.gen_length, (name, longest)
+        assert resolve(f"embedded:{name}")[0].gen_length == spec.gen_length

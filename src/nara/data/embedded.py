@@ -56,7 +56,8 @@ Generator = Callable[[random.Random], tuple[Hashable, str, str]]
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One embedded task. ``choices`` lists the answer keywords when ``scorer == "keyword"``."""
+    """One embedded task. ``choices`` lists the answer keywords when ``scorer == "keyword"``;
+    ``gen_length`` is the number of tokens evaluation generates (the longest answer plus room)."""
 
     name: str
     description: str
@@ -64,6 +65,7 @@ class TaskSpec:
     generator: Generator = field(repr=False)
     choices: tuple[str, ...] = ()
     seed: int = 0
+    gen_length: int = 16
     splits: tuple[str, ...] = SPLITS
 
 
@@ -199,6 +201,7 @@ def embedded_tasks() -> dict[str, TaskSpec]:
             commonsense_example,
             choices=("option1", "option2"),
             seed=101,
+            gen_length=8,
         ),
         TaskSpec(
             "arithmetic",
@@ -213,6 +216,7 @@ def embedded_tasks() -> dict[str, TaskSpec]:
             "exact",
             programs_example,
             seed=303,
+            gen_length=24,
         ),
     )
     return {spec.name: spec for spec in specs}

@@ -89,6 +89,7 @@ def _embedded_tasks() -> dict[str, Task]:
             _EMBEDDED_KINDS[spec.scorer],
             path=f"embedded:{name}",
             keywords=spec.choices,
+            gen_length=spec.gen_length,
         )
         for name, spec in embedded_tasks().items()
     }
