@@ -142,6 +142,29 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     assert result["tasks"]["boolq"]["n"] == 10
 
 
+def test_a_batch_cut_short_is_regenerated_whole_so_resume_equals_one_run(tmp_path):
+    """Sampling noise that depends on the batch (as with temperature > 0) gives the same rows
+    after a resume from the middle of a batch as in an uninterrupted run."""
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "out"
+    batches = []
+
+    def batch_dependent(prompts, gen_length):
+        batches.append(len(prompts))
+        return [f"the correct answer is {'true' if (len(prompts) + j) % 2 else 'false'}"
+                for j in range(len(prompts))]  # fmt: skip
+
+    evaluate(out, data, batch_dependent, batch_size=4)
+    path = out / "boolq.jsonl"
+    whole = path.read_text()
+    path.write_text("".join(whole.splitlines(keepends=True)[:5]))  # stopped inside batch 2
+    batches.clear()
+    result = evaluate(out, data, batch_dependent, batch_size=4)
+    assert batches == [4, 2]  # the cut batch whole again, then the last one
+    assert path.read_text() == whole
+    assert result["tasks"]["boolq"]["n_resumed"] == 5
+
+
 def test_a_second_run_into_a_locked_folder_fails_at_once(tmp_path):
     data = make_data(tmp_path / "data")
     out = tmp_path / "out"

@@ -217,29 +217,35 @@ def evaluate_task(
     """Evaluate one task on `records`, appending to ``<task>.jsonl``; returns its summary.
 
     Rows already in the file (same run, interrupted) are kept and their examples skipped; the
-    caller makes sure the file belongs to this run (see :func:`run_eval`).
+    caller makes sure the file belongs to this run (see :func:`run_eval`). Batches always follow
+    the one grid of `records`, and a batch that was cut short is generated whole again (only its
+    missing rows are written), so a resumed run gives the rows of an uninterrupted one even when
+    sampling draws noise per batch.
     """
     isolation = check_isolation(sandbox) if task.family == "code" else None  # before generating
     path = output_dir / f"{task.name}.jsonl"
     done = _read_done(path, {str(r.meta.get("id")) for r in records})
     resumed = len(done)
     seen = {str(r["id"]) for r in done}
-    pending = [r for r in records if str(r.meta.get("id")) not in seen]
+    batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
     start = time.monotonic()
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(records), initial=len(records) - len(pending), desc=task.name)
+        bar = tqdm(total=len(records), initial=resumed, desc=task.name)
     with path.open("a", encoding="utf-8") as out:
-        for i in range(0, len(pending), batch_size):
-            batch = pending[i : i + batch_size]
+        for batch in batches:
+            missing = [j for j, r in enumerate(batch) if str(r.meta.get("id")) not in seen]
+            if not missing:
+                continue
             if oracle:
                 samples = [[tasks.oracle_generation(task, r)] for r in batch]
             else:
                 prompts = [r.prompt for r in batch for _ in range(n_samples)]
                 flat = generate_fn(prompts, gen_length or task.gen_length)
                 samples = [flat[j * n_samples : (j + 1) * n_samples] for j in range(len(batch))]
+            batch, samples = [batch[j] for j in missing], [samples[j] for j in missing]
             if task.family == "code":
                 rows = _score_code_batch(task, batch, samples, sandbox, workers)
             else:
