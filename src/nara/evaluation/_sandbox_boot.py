@@ -118,7 +118,8 @@ def _lock_down(libc, job: dict) -> None:
     """Limits, no capabilities, no new privileges, not dumpable: applies to both processes."""
     limits = [(resource.RLIMIT_AS, job["memory"]), (resource.RLIMIT_CPU, job["cpu"])]
     limits += [(resource.RLIMIT_FSIZE, job["fsize"]), (resource.RLIMIT_CORE, 0)]
-    limits += [(resource.RLIMIT_NOFILE, job["nofile"])]
+    limits += [(resource.RLIMIT_NOFILE, job["nofile"]), (resource.RLIMIT_MEMLOCK, 0)]
+    limits += [(resource.RLIMIT_MSGQUEUE, 0)]  # no locked memory, no POSIX message queues
     if job["nproc"] > 0:
         limits.append((resource.RLIMIT_NPROC, job["nproc"]))
     for kind, value in limits:  # the CPU hard limit is one second later: SIGXCPU, then SIGKILL
@@ -143,7 +144,7 @@ class Channel:
     """Length-prefixed messages (see :func:`dumps`) over a pair of pipe descriptors."""
 
     def __init__(self, read_fd: int, write_fd: int, handle_of, object_of) -> None:
-        self.read_fd, self.write_fd, self.buffer = read_fd, write_fd, b""
+        self.read_fd, self.write_fd, self.buffer = read_fd, write_fd, bytearray()
         self.handle_of, self.object_of = handle_of, object_of
 
     def send(self, message) -> None:
@@ -155,7 +156,16 @@ class Channel:
 
     def receive(self, deadline: float | None = None):
         """The next message; None at end of stream; TimeoutError after `deadline` (monotonic)."""
-        while not self._complete():
+        while True:
+            newline = self.buffer.find(b"\n", 0, 21)
+            if newline < 0 and len(self.buffer) > 20:
+                raise ValueError("malformed message header from the other process")
+            if newline >= 0:
+                end = newline + 1 + int(self.buffer[:newline])
+                if len(self.buffer) >= end:
+                    payload = bytes(self.buffer[newline + 1 : end])
+                    del self.buffer[:end]
+                    return loads(payload, self.object_of)
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0 or not select.select([self.read_fd], [], [], left)[0]:
@@ -164,18 +174,6 @@ class Channel:
             if not chunk:
                 return None
             self.buffer += chunk
-        header, _, rest = self.buffer.partition(b"\n")
-        size = int(header)
-        payload, self.buffer = rest[:size], rest[size:]
-        return loads(payload, self.object_of)
-
-    def _complete(self) -> bool:
-        header, newline, rest = self.buffer.partition(b"\n")
-        if not newline:
-            if len(header) > 20:
-                raise ValueError("malformed message header from the other process")
-            return False
-        return len(rest) >= int(header)
 
 
 def dumps(value, handle_of) -> bytes:
