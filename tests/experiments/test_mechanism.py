@@ -40,6 +40,7 @@ from nara.cli import main  # noqa: E402
 
 MASK = 127
 TARGETS = ["q_proj", "v_proj", "attn_out"]
+_IDS = torch.randint(0, 120, (6, 12), generator=torch.Generator().manual_seed(5))
 R90 = torch.tensor([[0.0, -1.0], [1.0, 0.0]])  # rotation by π/2, written out
 
 
@@ -51,7 +52,7 @@ def base() -> LLaDAModelLM:
 
 @pytest.fixture(scope="module")
 def factors(base):
-    return teacher_factors(base, TARGETS, rank=2, strength=2.0, seed=3)
+    return teacher_factors(base, TARGETS, _IDS, rank=2, strength=2.0, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -208,9 +209,9 @@ def test_bad_settings_fail_with_the_value():
     with pytest.raises(ValueError, match="'wobble'"):
         mechanism_from_dict({"teachers": ["wobble"], "students": {"l": {"method": "lora"}}})
     with pytest.raises(ValueError, match="even"):
-        teacher_factors(LLaDAModelLM(tiny_config()), TARGETS, rank=3, strength=1.0, seed=0)
+        teacher_factors(LLaDAModelLM(tiny_config()), TARGETS, _IDS, rank=3, strength=1.0, seed=0)
     with pytest.raises(ValueError, match="strength"):
-        teacher_factors(LLaDAModelLM(tiny_config()), TARGETS, rank=2, strength=0.0, seed=0)
+        teacher_factors(LLaDAModelLM(tiny_config()), TARGETS, _IDS, rank=2, strength=0.0, seed=0)
     with pytest.raises(ValueError, match="bogus"):
         mechanism_from_dict({"students": {"l": {"method": "lora", "bogus": 1}}})
     with pytest.raises(ValueError, match="unknown mechanism key"):

@@ -6,8 +6,10 @@ Teachers. Every teacher is the base model plus a fixed rank-r update on the adap
 
     ΔW_m(λ) = B_m · R(θ(λ)) · A_m          for each target module m,
 
-with A_m (r × d_in) orthonormal rows, B_m (d_out × r) orthogonal columns of norm
-``strength · ‖W_m‖₂`` (so ‖ΔW_m‖₂ = strength · ‖W_m‖₂), both drawn once from ``teacher.seed``,
+with A_m (r × d_in) the top-r right singular vectors of module m's inputs on 256 training
+chunks masked at t ~ U(0, 1) (orthonormal rows: the update acts on directions the inputs occupy), B_m (d_out × r)
+random orthogonal columns (from ``teacher.seed``) of norm ``strength · ‖W_m‖₂`` (so
+‖ΔW_m‖₂ = strength · ‖W_m‖₂),
 and R(θ) the block-diagonal r × r matrix of r/2 plane rotations [[cos θ, −sin θ], [sin θ, cos θ]].
 The angle θ(λ) defines the teacher:
 
@@ -66,10 +68,10 @@ KEYS = (
     "students", "data", "training", "evaluation",
 )  # fmt: skip
 DEFAULTS: dict[str, Any] = {
-    "teacher": {"rank": 2, "strength": 1.0, "seed": 1234},
-    "data": {"tasks": ["commonsense", "arithmetic", "programs"], "length": 32,
-             "train_chunks": 2048, "eval_chunks": 64},
-    "training": {"steps": 200, "batch_size": 8, "lr": 1.0e-2, "log_every": 50},
+    "teacher": {"rank": 2, "strength": 0.5, "seed": 1234},
+    "data": {"tasks": ["commonsense", "arithmetic", "programs"], "length": 16,
+             "train_chunks": 2048, "eval_chunks": 32},
+    "training": {"steps": 200, "batch_size": 8, "lr": 2.0e-3, "log_every": 0},
     "evaluation": {"bins": 10, "seed": 0, "batch_size": 32},
 }  # fmt: skip
 METRICS = "metrics.json"
@@ -123,29 +125,46 @@ class RotationSchedule(Conditioner):
 def teacher_factors(
     model: nn.Module,
     target_modules: list[str] | str,
+    inputs: torch.Tensor,
     *,
     rank: int,
     strength: float,
     seed: int,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Module name → (A (r, d_in), B (d_out, r)) of the teachers' update, drawn from ``seed``.
+    """Module name → (A (r, d_in), B (d_out, r)) of the teachers' update.
 
-    A has orthonormal rows; B orthogonal columns of norm ``strength · ‖W‖₂`` (W the module's
-    weight), so every singular value of B·R·A is ``strength · ‖W‖₂`` whatever the rotation.
+    A's rows are the top-r right singular vectors of the module's inputs when ``model`` reads
+    the token ids ``inputs`` (B, T) (the directions its inputs occupy, so the update matters and
+    is learnable); B has random orthogonal columns (from ``seed``) of norm ``strength · ‖W‖₂``
+    (W the module's weight), so every singular value of B·R·A is ``strength · ‖W‖₂``.
     """
     from nara.adapters import resolve_targets
 
     if strength <= 0:
         raise ValueError(f"teacher.strength must be > 0, got {strength}; e.g. 1.0")
     block_rotation(torch.zeros(1), rank)  # validates the rank
-    gen = torch.Generator().manual_seed(seed)
     modules = dict(model.named_modules())
+    names = resolve_targets(model, target_modules)
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    hooks = [
+        modules[name].register_forward_pre_hook(
+            lambda _m, args, name=name: seen[name].append(args[0].detach().flatten(0, -2))
+        )
+        for name in names
+    ]
+    try:
+        with torch.no_grad():
+            model(inputs.to(next(model.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    gen = torch.Generator().manual_seed(seed)
     factors = {}
-    for name in resolve_targets(model, target_modules):
+    for name in names:
         weight = modules[name].weight.detach().float().cpu()  # (d_out, d_in)
-        d_out, d_in = weight.shape
-        a = torch.linalg.qr(torch.randn(d_in, rank, generator=gen))[0].T  # (r, d_in)
-        b = torch.linalg.qr(torch.randn(d_out, rank, generator=gen))[0]  # (d_out, r)
+        x = torch.cat(seen[name]).float().cpu()  # (B·T, d_in)
+        a = torch.linalg.svd(x, full_matrices=False)[2][:rank]  # (r, d_in), orthonormal rows
+        b = torch.linalg.qr(torch.randn(weight.shape[0], rank, generator=gen))[0]  # (d_out, r)
         factors[name] = (a, b * strength * torch.linalg.matrix_norm(weight, 2))
     return factors
 
@@ -249,8 +268,9 @@ def distil(
     log_every: int = 0,
     log: Callable[[str], None] = print,
 ) -> list[float]:
-    """Train the student's trainable tensors (AdamW, constant lr, gradient norm clipped at 1) to
-    minimise the batch-mean :func:`chunk_kl` on masks of nara's forward process (t ~ U(0, 1)).
+    """Train the student's trainable tensors (AdamW, lr decaying linearly to 0, gradient norm
+    clipped at 1) to minimise the batch-mean :func:`chunk_kl` on masks of nara's forward
+    process (t ~ U(0, 1)).
 
     Returns the training KL of every step.
     """
@@ -260,6 +280,8 @@ def distil(
     if not params:
         raise ValueError("the student has no trainable parameters; add adapters to it first")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    # linear decay to 0: the distillation gradient is noisy (few masked tokens per step)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0 - i / steps)
     gen = torch.Generator().manual_seed(seed)
     maskable = torch.ones(batch_size, chunks.shape[1], dtype=torch.bool)
     device = next(student.parameters()).device
@@ -273,6 +295,7 @@ def distil(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        schedule.step()
         trace.append(loss.item())
         if log_every and step % log_every == 0:
             log(f"  step {step}/{steps}: KL {np.mean(trace[-log_every:]):.4f}")
@@ -458,6 +481,7 @@ class Setup:
 def prepare(mech: Mechanism, loaded: tuple[Any, Any, int] | None = None) -> Setup:
     """Load the base (unless given as ``(model, tokenizer, mask id)``), draw the teachers'
     factors, pack the train / validation chunks and draw the held-out masks."""
+    from nara.diffusion import forward_process
     from nara.evaluation.profile import draw_masks
     from nara.models import load_model
     from nara.training.data import load_source
@@ -473,9 +497,14 @@ def prepare(mech: Mechanism, loaded: tuple[Any, Any, int] | None = None) -> Setu
     heldout = chunks("validation", int(data["eval_chunks"]))
     ev = mech.evaluation
     masks = draw_masks(torch.ones_like(heldout, dtype=torch.bool), bins=ev["bins"], seed=ev["seed"])
-    factors = teacher_factors(model, mech.target_modules, **mech.teacher)
-    return Setup(model, mask_token_id, factors, chunks("train", int(data["train_chunks"])),
-                 heldout, masks.masked[:, 0], masks.lam[:, 0])  # fmt: skip
+    train = chunks("train", int(data["train_chunks"]))
+    sample = train[:256]  # masked at t ~ U(0, 1): the inputs the teachers will see
+    gen = torch.Generator().manual_seed(int(mech.teacher["seed"]))
+    noisy = forward_process(sample, torch.ones_like(sample, dtype=torch.bool), mask_token_id,
+                            generator=gen)[0]  # fmt: skip
+    factors = teacher_factors(model, mech.target_modules, noisy, **mech.teacher)
+    return Setup(model, mask_token_id, factors, train, heldout, masks.masked[:, 0],
+                 masks.lam[:, 0])  # fmt: skip
 
 
 def _scores(mech: Mechanism, setup: Setup, teacher: nn.Module, model: nn.Module) -> dict:
