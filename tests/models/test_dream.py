@@ -116,3 +116,40 @@ def test_released_config_defaults_are_dream_7b():
 def test_config_refuses_what_it_does_not_implement(overrides, error, match):
     with pytest.raises(error, match=match):
         tiny_dream_config(**overrides)
+
+
+def _dream_tokenizer_files(folder: Path, vocab: int) -> None:
+    """Tokenizer files in the released layout: Qwen2's byte-level BPE (vocab.json, merges.txt)
+    named as the remote-code class ``DreamTokenizer``, with EOS, BOS and mask added at the end."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    text = ["What is 3 + 4? The answer is 7.", "def add(a, b):\n    return a + b"] * 20
+    bpe.train_from_iterator(text, vocab_size=vocab - 3, min_frequency=1)
+    bpe.save_model(str(folder))
+    n = len(json.loads((folder / "vocab.json").read_text()))
+    names = ["<|endoftext|>", "<|beginoftext|>", "<|mask|>"]
+    added = {str(n + i): {"content": name, "special": True} for i, name in enumerate(names)}
+    config = {
+        "tokenizer_class": "DreamTokenizer",
+        "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
+        "added_tokens_decoder": added,
+        "bos_token": "<|beginoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "mask_token": "<|mask|>",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def test_released_tokenizer_layout_loads_without_remote_code(tmp_path):
+    _dream_tokenizer_files(tmp_path, vocab=300)
+    n = len(json.loads((tmp_path / "vocab.json").read_text()))
+    config = tiny_dream_config(vocab_size=n + 3, mask_token_id=n + 2, pad_token_id=n)
+    DreamModel(config).save_pretrained(tmp_path)
+    model, tokenizer, mask_token_id = load_model(tmp_path)  # trust_remote_code stays False
+    assert mask_token_id == tokenizer.mask_token_id == n + 2
+    assert tokenizer.eos_token_id == n
+    text = "What is 3 + 4?"
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.decode(ids) == text and max(ids) < n

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoModelForMaskedLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Tokenizer,
+)
 
 from nara.models.dream import DreamModel
 from nara.models.llada import LLaDAModelLM
@@ -37,12 +43,16 @@ class Family:
             with the family (``"llada"``: LLaDA's blocks of low-confidence remasking;
             ``"dream"``: Dream's ``diffusion_generate``).
         hub_ids: released checkpoints of the family.
+        tokenizer_class: the transformers class that reads the family's tokenizer files when
+            they name a remote-code class (Dream ships Qwen2's byte-level BPE as
+            ``DreamTokenizer``); None: ``AutoTokenizer``.
     """
 
     model_class: type[PreTrainedModel]
     logit_convention: str
     sampler: str
     hub_ids: tuple[str, ...]
+    tokenizer_class: type[PreTrainedTokenizerBase] | None = None
 
 
 # Keyed by the lower-cased ``model_type`` of the released config.json.
@@ -58,6 +68,7 @@ FAMILIES: dict[str, Family] = {
         SHIFTED,
         "dream",
         ("Dream-org/Dream-v0-Base-7B", "Dream-org/Dream-v0-Instruct-7B"),
+        Qwen2Tokenizer,
     ),
 }
 

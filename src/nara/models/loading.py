@@ -90,7 +90,7 @@ def load_model(
         model = _load_checked(family.model_class, path, **placement)
     else:
         model = _load_auto(path, trust_remote_code, logit_convention, **placement)
-    tokenizer = _load_tokenizer(path, trust_remote_code)
+    tokenizer = _load_tokenizer(path, trust_remote_code, family and family.tokenizer_class)
     if mask_token_id is None:
         mask_token_id = _find_mask_token_id(model.config, tokenizer, path)
     return LoadedModel(model.eval(), tokenizer, mask_token_id)
@@ -195,11 +195,17 @@ def _load_auto(
     )
 
 
-def _load_tokenizer(path: str, trust_remote_code: bool) -> PreTrainedTokenizerBase | None:
+def _load_tokenizer(
+    path: str, trust_remote_code: bool, native: type[PreTrainedTokenizerBase] | None = None
+) -> PreTrainedTokenizerBase | None:
+    """The folder's tokenizer; ``native``, a native family's own class, reads it without the
+    remote code its tokenizer_config.json may name (Dream's ``DreamTokenizer``)."""
     folder = Path(path)
     if folder.is_dir() and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
         logger.warning("%s has no tokenizer files; LoadedModel.tokenizer is None", path)
         return None
+    if native is not None:
+        return native.from_pretrained(path)
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
