@@ -185,10 +185,10 @@ def test_gen_length_past_the_model_maximum_is_refused(tiny_model_dir, monkeypatc
     assert (
         "gen_length=100000 is 100000 tokens, more than this model's maximum sequence length " in err
     )
-    assert "128; use gen_length <= 128\n" in err
+    assert "512; use gen_length <= 512\n" in err
     # fits alone but not with the prompt: refused once tokenized, before sampling
-    assert main([*args, "--gen-length", "128", "--steps", "1"]) == 2
-    assert re.search(r"the prompt \(\d+ tokens\) plus gen_length=128 is", capsys.readouterr().err)
+    assert main([*args, "--gen-length", "512", "--steps", "1"]) == 2
+    assert re.search(r"the prompt \(\d+ tokens\) plus gen_length=512 is", capsys.readouterr().err)
 
 
 def test_nan_adapter_weights_are_an_error_not_an_empty_answer(tiny_model_dir, tmp_path, capsys):  # noqa: F811

@@ -60,7 +60,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_model")
-    LLaDAModelLM(tiny_config()).save_pretrained(folder)
+    # room for benchmark prompts (one token per character), which nara.generate refuses past it
+    LLaDAModelLM(tiny_config(max_sequence_length=512)).save_pretrained(folder)
     build_char_tokenizer().save_pretrained(folder)
     return folder
 
