@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from nara.evaluation import sandbox
+from nara.cli import main
+from nara.evaluation import data_dir, sandbox
 from nara.evaluation.sandbox import (
     SandboxLimits,
     SandboxUnavailable,
@@ -29,6 +30,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sandbox_support import name_processes, survivors  # noqa: E402
 
 LIMITS = SandboxLimits(timeout=10)
+try:
+    HAS_CODE_DATA = (data_dir() / "code" / "humaneval.jsonl").exists()
+except FileNotFoundError:
+    HAS_CODE_DATA = False
 USER = 1000  # an ordinary uid, simulated with setpriv
 
 
@@ -164,3 +169,22 @@ def test_ordinary_user_files_are_protected_or_the_run_refused():
         assert out["auto"] == "passed" and any("REDUCED ISOLATION" in w for w in out["warnings"])
     finally:
         shutil.rmtree(home)
+
+
+@pytest.mark.skipif(not HAS_CODE_DATA, reason="no code data")
+def test_cli_strict_refuses_before_claiming_a_folder(no_namespaces, tmp_path, capsys):
+    argv = ["eval", "--task", "humaneval", "--oracle", "--limit", "1", "--no-progress"]
+    out = tmp_path / "strict"
+    assert main([*argv, "--output", str(out), "--sandbox", "strict"]) == 2
+    assert "Refusing to run code in strict mode" in capsys.readouterr().err
+    assert not (out / "run.json").exists()
+
+
+@pytest.mark.skipif(
+    not HAS_CODE_DATA or isolation()["level"] != "full", reason="needs code data, full isolation"
+)
+def test_cli_strict_runs_with_full_isolation_and_records_it(tmp_path):
+    argv = ["eval", "--task", "humaneval", "--oracle", "--limit", "1", "--no-progress"]
+    assert main([*argv, "--output", str(tmp_path), "--sandbox", "strict"]) == 0
+    summary = json.loads((tmp_path / "humaneval.summary.json").read_text())
+    assert summary["sandbox"]["level"] == "full" and summary["sandbox"]["mode"] == "strict"

@@ -66,10 +66,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampler_arguments(parser, gen_length=None)
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--sandbox",
+        choices=("auto", "strict"),
+        default="auto",
+        help="code tasks: strict refuses to run generated code without full isolation (user "
+        "namespaces); auto warns and runs (default). See docs/sandbox.md",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from nara.evaluation.runner import run_eval
+    from nara.evaluation.sandbox import SandboxLimits
 
     identity, label, generate_fn = None, None, None
     if not args.oracle:
@@ -90,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         identity=identity,
         label=label,
         overwrite=args.overwrite,
+        sandbox=SandboxLimits(mode=args.sandbox),
     )
     how = "resumed" if result["resumed"] else "new run"
     n = sum(s["n"] for s in result["tasks"].values())

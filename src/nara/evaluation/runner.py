@@ -371,7 +371,9 @@ def run_eval(
         "gen_length": generation.gen_length if generation else None,
     }
     if any(t.family == "code" for t, _, _ in loaded):
-        fields["sandbox"] = json.loads(json.dumps(asdict(sandbox), default=str))
+        check_isolation(sandbox)  # strict refuses here, before a folder is claimed or a model loads
+        limits = {k: v for k, v in asdict(sandbox).items() if k != "mode"}  # mode changes no result
+        fields["sandbox"] = json.loads(json.dumps(limits, default=str))
     if output_dir is None:
         output_dir = _default_folder(task, label or ("oracle" if oracle else "model"), fields)
     output_dir = Path(output_dir)
