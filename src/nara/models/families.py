@@ -26,8 +26,9 @@ from transformers import (
 
 from nara.models.dream import DreamModel
 from nara.models.llada import LLaDAModelLM
+from nara.models.mdlm import MDLMModel
 
-ALIGNED = "aligned"  # logit i predicts token i (LLaDA, masked LMs)
+ALIGNED = "aligned"  # logit i predicts token i (LLaDA, MDLM, masked LMs)
 SHIFTED = "shifted"  # logit i predicts token i + 1 (Dream)
 LOGIT_CONVENTIONS = (ALIGNED, SHIFTED)
 
@@ -70,6 +71,7 @@ FAMILIES: dict[str, Family] = {
         ("Dream-org/Dream-v0-Base-7B", "Dream-org/Dream-v0-Instruct-7B"),
         Qwen2Tokenizer,
     ),
+    "mdlm": Family(MDLMModel, ALIGNED, "llada", ("kuleshov-group/mdlm-owt",)),
 }
 
 
