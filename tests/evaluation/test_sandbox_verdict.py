@@ -159,3 +159,12 @@ def test_signals_to_the_judge_do_not_reach_it():
     attack = "import os, signal\nfor s in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):\n    os.kill(1, s)\n"
     result = run_test(CodeTest("def f(x):\n    return x * x\n" + attack, TESTS), LIMITS)
     assert result.status == "passed", result
+
+
+@pytest.mark.parametrize(
+    "body", ["import os\n    os._exit(0)", "while True:\n        pass", "raise SystemExit(0)"]
+)
+def test_tests_that_swallow_exceptions_do_not_turn_an_exit_or_a_hang_into_a_pass(body):
+    tests = "for x in range(3):\n    try:\n        f(x)\n    except BaseException:\n        pass\n"
+    result = run_test(CodeTest(f"def f(x):\n    {body}\n", tests), SandboxLimits(timeout=2))
+    assert result.status in ("failed", "timed_out"), result

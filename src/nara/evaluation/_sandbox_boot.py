@@ -285,11 +285,13 @@ def serve_solution(job: dict, read_fd: int, write_fd: int) -> None:
     while (request := channel.receive()) is not None:
         try:
             channel.send(["ok", *_answer(request, namespace)])
-        except BaseException as err:  # noqa: BLE001 - the test decides what a raise means
+        except Exception as err:  # noqa: BLE001 - the test decides what a raise means
             try:
                 channel.send(["raised", type(err).__name__, str(err)[:2000]])
             except BaseException:  # noqa: BLE001 - cannot even report: let the judge see EOF
                 _flush_and_exit(None, None)
+        except BaseException:  # noqa: BLE001 - exit() during the tests ends the solution
+            _flush_and_exit(None, None)
     _flush_and_exit(None, None)
 
 
@@ -343,8 +345,12 @@ def _block_sockets() -> None:
     socket.socketpair = refuse  # type: ignore[assignment]
 
 
-class Outcome(Exception):
-    """A verdict reached while the tests run (the solution process ended or timed out)."""
+class Outcome(BaseException):
+    """A verdict reached while the tests run (the solution process ended or timed out).
+
+    A BaseException, so ``except Exception`` in a test does not swallow it; the judge also keeps
+    the first one (``Judge.outcome``) and it overrides a test run that carried on regardless.
+    """
 
     def __init__(self, status: str, details: str) -> None:
         super().__init__(details)
@@ -360,6 +366,7 @@ class Judge:
 
     def __init__(self, read_fd: int, write_fd: int, child: int, deadline: float) -> None:
         self.child, self.deadline = child, deadline
+        self.outcome: Outcome | None = None
         self.channel = Channel(read_fd, write_fd, _remote_key, lambda key: Remote(self, key))
 
     def request(self, *message) -> list:
@@ -374,12 +381,16 @@ class Judge:
         return answer[1:]
 
     def receive(self) -> list:
-        try:
-            answer = self.channel.receive(self.deadline)
-        except TimeoutError:
-            raise Outcome("timed_out", "wall time limit reached") from None
-        if answer is None:
-            raise self.ended()
+        if self.outcome is None:
+            try:
+                answer = self.channel.receive(self.deadline)
+            except TimeoutError:
+                self.outcome = Outcome("timed_out", "wall time limit reached")
+            else:
+                if answer is None:
+                    self.outcome = self.ended()
+        if self.outcome is not None:
+            raise self.outcome
         if type(answer) is not list or not answer:
             raise ValueError(f"unexpected message from the solution process: {str(answer)[:80]}")
         return answer
@@ -504,6 +515,8 @@ def judge_main(job: dict, verdict_fd: int) -> tuple[str, str]:
             else:
                 namespace.pop(name, None)  # a stub from the context must not stand in for it
         exec(tests, namespace)
+        if judge.outcome is not None:  # the tests caught it and went on: still no pass
+            raise judge.outcome
     except Outcome as outcome:
         return outcome.status, outcome.details
     except BaseException as err:  # noqa: BLE001 - a test that raises is a failed test
