@@ -1,7 +1,7 @@
 """The judge: runs inside the sandbox, builds the program's view of the system, then judges it.
 
-Executed as ``python -I -S -c SOURCE VERDICT_FD`` with a marshalled job on stdin, never imported by the
-evaluator; standard library only. See docs/sandbox.md for the design. In order, this process:
+Executed as ``python -I -S -c SOURCE VERDICT_FD`` with a marshalled job on stdin, never imported
+by the evaluator; standard library only. See docs/sandbox.md for the design. In order, it:
 
 1. reads the job, then makes stdin /dev/null;
 2. in fresh namespaces (``job["root"]``): builds a minimal root (read-only system directories and
@@ -9,12 +9,15 @@ evaluator; standard library only. See docs/sandbox.md for the design. In order, 
    pivots into it, so nothing else of the host is reachable by path;
 3. sets resource limits, drops every capability, forbids new privileges and makes itself
    non-dumpable (no ptrace, no /proc/<pid>/mem or fd access by processes without capabilities);
-4. forks the **solution process**, which closes every descriptor but its channel to the judge and
-   runs the untrusted code, then serves calls: each name the tests use from the solution is a
+4. forks the **solution process**, which closes the verdict descriptor and the judge's ends of
+   their channel (it keeps only stdin on /dev/null, the captured stdout/stderr and its channel)
+   and runs the untrusted code, then serves calls: each name the tests use from the solution is a
    proxy here, and only plain data (numbers, strings, bytes and containers of them) comes back;
 5. runs the trusted tests in this interpreter, which never executes the solution's code, and
    writes the verdict on VERDICT_FD, a descriptor the solution process never holds.
 """
+
+from __future__ import annotations  # the sandbox's Python may be older than the evaluator's
 
 import _signal as signal  # the C module: ``signal`` would import enum, slowing every start
 import builtins
