@@ -68,7 +68,8 @@ print("REPORT", repr((sorted(os.listdir("/")), readable, os.getcwd())))
 def test_only_the_private_tmp_is_writable():
     code = """
 written = []
-for path in ["/x", "/usr/x", "/dev/x", "/proc/x", "/var/lock/x", "/run/lock/x", "/tmp/x", "/dev/shm/x"]:
+for path in ["/x", "/usr/x", "/dev/x", "/proc/x", "/var/lock/x", "/run/lock/x", "/tmp/x",
+             "/dev/shm/x"]:
     try:
         open(path, "w").write("x")
         written.append(path)

@@ -77,7 +77,7 @@ def test_attack_does_not_pass(attack):
 
 
 def test_reading_the_judge_is_denied():
-    """ptrace-style access to the judge (memory, descriptors, environment) fails; tests then fail."""
+    """ptrace-style access to the judge (memory, descriptors, environment) fails."""
     probe = """
 import os
 judge = os.getppid()
@@ -143,7 +143,7 @@ assert check_positive(2 ** 5000) == 2 ** 5000
 
 
 def test_context_helpers_are_the_judges_own():
-    """HumanEval style: helpers come from the trusted prompt, only the entry point is the solution's."""
+    """HumanEval: helpers come from the trusted prompt, the entry point from the solution."""
     context = "def poly(x):\n    return x + 1\n\ndef g(x):\n    '''stub'''\n"
     solution = context + "    return poly(x) * 2\n\ndef poly(x):\n    return 0\n"
     tests = "def check(candidate):\n    assert candidate(1) == 0 and poly(1) == 2\n\ncheck(g)\n"
@@ -156,7 +156,8 @@ def test_context_helpers_are_the_judges_own():
     isolation()["level"] != "full", reason="the judge is PID 1 only in a PID namespace"
 )
 def test_signals_to_the_judge_do_not_reach_it():
-    attack = "import os, signal\nfor s in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):\n    os.kill(1, s)\n"
+    attack = "import os, signal\nfor s in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):\n"
+    attack += "    os.kill(1, s)\n"
     result = run_test(CodeTest("def f(x):\n    return x * x\n" + attack, TESTS), LIMITS)
     assert result.status == "passed", result
 

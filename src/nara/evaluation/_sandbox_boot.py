@@ -267,7 +267,7 @@ def _take(text: str, i: int, object_of):
 
 
 def serve_solution(job: dict, read_fd: int, write_fd: int) -> None:
-    """The solution process: run the untrusted code, then answer the judge's calls. Never returns."""
+    """The solution process: run the solution, then answer the judge's calls; never returns."""
     objects: dict[int, object] = {}
 
     def handle_of(value) -> int:
@@ -399,7 +399,7 @@ class Judge:
         return answer
 
     def ended(self) -> Outcome:
-        """Why the solution process closed its channel: its exit status, read without waiting long."""
+        """Why the solution process closed its channel, from its exit status."""
         for _ in range(200):
             pid, status = os.waitpid(self.child, os.WNOHANG)
             if pid:
