@@ -106,6 +106,21 @@ def test_rerun_skips_finished_runs(finished):
     assert before == {r.run_dir: (r.run_dir / METRICS).stat().st_mtime_ns for r in grid.runs()}
 
 
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [("evaluation.limit=2", "evaluation.limit"), ("recipe.training.lr=0.002", "training.lr")],
+)
+def test_rerun_with_other_settings_is_refused(finished, override, field):
+    """A finished run is never reported for a grid whose settings changed since."""
+    from nara.runs import RunFolderError
+
+    path, grid = finished
+    before = {r.run_dir: (r.run_dir / METRICS).read_bytes() for r in grid.runs()}
+    with pytest.raises(RunFolderError, match=rf"other settings \(.*{field}.*\).*output="):
+        run_grid(load_grid(path, [override]), log=lambda _: None)
+    assert before == {r.run_dir: (r.run_dir / METRICS).read_bytes() for r in grid.runs()}
+
+
 def test_killed_run_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
     from nara.training.trainer import Trainer
 

@@ -61,8 +61,13 @@ def load_base(grid: Grid) -> tuple[Any, Any, int]:
 def _evaluate(model: Any, tokenizer: Any, mask_token_id: int, run: RunSpec, grid: Grid) -> dict:
     from nara.commands._common import make_generate_fn
     from nara.evaluation.runner import run_eval
+    from nara.runs import adapter_identity, model_identity
 
     ev = grid.evaluation
+    # what decides the predictions: a resumed grid never scores rows of another adapter or setting
+    identity = {"model": model_identity(grid.model_name()), "evaluation": dict(ev)}
+    if not run.is_base:
+        identity["adapter"] = adapter_identity(run.run_dir / "final")
     generate_fn = make_generate_fn(model.eval(), tokenizer, mask_token_id, steps=ev["steps"])
     if ev["gen_length"]:
         fixed = generate_fn
@@ -78,6 +83,7 @@ def _evaluate(model: Any, tokenizer: Any, mask_token_id: int, run: RunSpec, grid
         generate_fn=generate_fn,
         progress=False,
         print_table=False,
+        identity=identity,
     )
     return result["tasks"][name]
 
@@ -112,6 +118,30 @@ def _train(run: RunSpec, base: tuple[Any, Any, int], progress: bool) -> tuple[An
     return model, facts
 
 
+def run_fields(run: RunSpec, grid: Grid) -> dict[str, Any]:
+    """What decides a run's metrics: its recipe (None for the base) and the evaluation settings."""
+    return {"recipe": None if run.is_base else run.recipe, "evaluation": dict(grid.evaluation)}
+
+
+def check_finished(run: RunSpec, grid: Grid) -> None:
+    """Refuse to skip a finished run whose recorded settings differ from the grid's now.
+
+    Raises:
+        RunFolderError: the run folder holds metrics of other settings (each differing field
+            named), so reporting them would report another run's results.
+    """
+    from nara.runs import RunFolderError, canonical_json, differing_fields
+
+    saved = json.loads((run.run_dir / METRICS).read_text()).get("run")
+    diffs = differing_fields(saved or {}, json.loads(canonical_json(run_fields(run, grid))))
+    if saved is None or diffs:
+        what = "; ".join(diffs) if saved else "no run record (an older nara)"
+        raise RunFolderError(
+            f"{run.run_dir} holds a finished run with other settings ({what}); give the grid "
+            "another name (name=...) or output (output=...), or delete that folder to redo it"
+        )
+
+
 def run_one(run: RunSpec, grid: Grid, base: tuple[Any, Any, int], progress: bool = False) -> dict:
     """Train (unless base) and evaluate one run; writes and returns its ``metrics.json``."""
     from nara.adapters import trainable_parameters
@@ -126,6 +156,7 @@ def run_one(run: RunSpec, grid: Grid, base: tuple[Any, Any, int], progress: bool
     start = time.perf_counter()
     summary = _evaluate(model, tokenizer, mask_token_id, run, grid)
     metrics = {
+        "run": run_fields(run, grid),
         "task": run.task,
         "method": run.label,
         "seed": run.seed,
@@ -288,6 +319,7 @@ def run_grid(
     for i, run in enumerate(runs, 1):
         where = f"[{i}/{len(runs)}] {run.task} {run.label} seed {run.seed}"
         if (run.run_dir / METRICS).is_file():
+            check_finished(run, grid)
             log(f"{where}: done, skipped")
             continue
         t0 = time.perf_counter()
