@@ -117,3 +117,14 @@ def test_noise_times_at_the_ends_of_the_range_are_valid(model) -> None:
     out = diffusion_loss(model, **_loss_batch(), t=torch.tensor([0.0, 1.0]))
     assert bool(torch.isfinite(out.loss))
     assert out.masked[1, 2:].all()  # t = 1 masks everything maskable (p = 1)
+
+
+def test_nan_weights_stop_the_dream_sampler_too() -> None:
+    from nara.models import DreamModel, tiny_dream_config
+
+    torch.manual_seed(0)
+    dream = DreamModel(tiny_dream_config()).eval()
+    with torch.no_grad():
+        dream.get_output_embeddings().weight[5] = NAN  # one vocabulary row of the head
+    with pytest.raises(ValueError, match=r"non-finite logits .* at step 0: "):
+        generate(dream, PROMPT, mask_token_id=MASK, gen_length=4, steps=4, sampler="dream")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager
 
 import torch
@@ -51,4 +52,17 @@ def check_token_id(model: torch.nn.Module, token_id: int, name: str = "mask_toke
         raise ValueError(
             f"{name}={token_id} is outside the model's vocabulary ({vocab} tokens); pass the "
             "model's own id (e.g. LoadedModel.mask_token_id)"
+        )
+
+
+def check_logits(logits: torch.Tensor, where: str) -> None:
+    """Raise ValueError if a sampler got NaN or +inf logits, or a position with no finite logit
+    (``where`` names the step); sampling from them silently gives garbage, often an empty answer.
+    """
+    bad = logits.isnan().any() | logits.isposinf().any() | (logits.amax(-1) == -math.inf).any()
+    if bool(bad):
+        raise ValueError(
+            f"the model returned non-finite logits (NaN or inf) at {where}: its weights or the "
+            "adapter's likely hold NaN/inf (a diverged training run), or the dtype overflowed "
+            "(float16); check the weights, or run in bfloat16/float32"
         )

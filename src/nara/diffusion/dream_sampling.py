@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nara.diffusion._model import denoise
+from nara.diffusion._model import check_logits, denoise
 from nara.diffusion.masking import local_mask_density, masked_fraction
 
 EPS = 1e-3  # floor of the released time grid
@@ -40,12 +40,34 @@ DREAM_ALGS = {  # nara's remasking name -> the release's alg name
 }
 
 
+SAMPLERS = ("llada", "dream", "mdlm")
+
+# Options of nara.generate beyond the shared ones, by the sampler that has them, and what each
+# sampler is (for the message that refuses an option it lacks).
+_OPTIONS = {
+    "llada": (
+        {"block_length", "cfg_scale", "threshold", "temperature", "remasking"},
+        "LLaDA's: blocks, confidence order, guidance, threshold",
+    ),
+    "dream": (
+        {"temperature", "remasking", "top_p", "top_k", "alg_temp"},
+        "Dream's: the whole answer at once on its time grid",
+    ),
+    "mdlm": (
+        set(),
+        "MDLM's: ancestral, every token drawn from the model's distribution",
+    ),
+}
+
+
 def resolve_sampler(
     model: torch.nn.Module,
     sampler: str | None,
     *,
     gen_length: int,
     block_length: int,
+    temperature: float,
+    remasking: str,
     cfg_scale: float,
     threshold: float | None,
     top_p: float | None,
@@ -56,32 +78,32 @@ def resolve_sampler(
 
     Raises:
         ValueError: on an unknown sampler, or an option the chosen sampler does not have (each
-            message says what to change).
+            message says which samplers have it).
     """
     if sampler is None:
         from nara.models.families import default_sampler
 
         sampler = default_sampler(model)
-    if sampler not in ("llada", "dream"):
+    if sampler not in SAMPLERS:
         raise ValueError(
-            f"sampler must be 'llada' or 'dream' (or None: the family's), got {sampler!r}"
+            f"sampler must be one of {SAMPLERS} (or None: the family's), got {sampler!r}"
         )
-    dream_only = {"top_p": top_p, "top_k": top_k, "alg_temp": alg_temp}
-    if sampler == "llada":
-        given = [name for name, value in dream_only.items() if value is not None]
-        if given:
-            raise ValueError(f"{given} apply to Dream's sampler only; pass sampler='dream'")
-        return sampler
-    llada_only = {
+    used = {
         "block_length": block_length != gen_length,
         "cfg_scale": cfg_scale != 0,
         "threshold": threshold is not None,
+        "temperature": temperature != 0,
+        "remasking": remasking != "low_confidence",
+        "top_p": top_p is not None,
+        "top_k": top_k is not None,
+        "alg_temp": alg_temp is not None,
     }
-    given = [name for name, used in llada_only.items() if used]
-    if given:
+    allowed, what = _OPTIONS[sampler]
+    for name in (n for n, u in used.items() if u and n not in allowed):
+        having = [s for s, (options, _) in _OPTIONS.items() if name in options]
         raise ValueError(
-            f"{given} apply to the LLaDA sampler only; Dream's sampler decodes the whole answer "
-            "at once without guidance. Pass sampler='llada' or drop them"
+            f"{name} does not apply to the {sampler!r} sampler ({what}); drop it, or pass "
+            f"sampler={' or '.join(repr(s) for s in having)}"
         )
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
@@ -193,7 +215,6 @@ def dream_sample(
     top_p: float | None,
     top_k: int | None,
     alg_temp: float | None,
-    eos_token_id: int | None,
     return_history: bool,
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -201,8 +222,6 @@ def dream_sample(
 
     Args:
         input_ids: long (B, P), left-padded prompts; attention_mask: (B, P) or None.
-        eos_token_id: when given, everything after the first EOS of each finished answer becomes
-            EOS (the release's demos cut the text there); the steps themselves are the release's.
 
     Returns:
         (answers long (B, gen_length), the whole sequence after each step when
@@ -225,6 +244,7 @@ def dream_sample(
         in_answer = masked & answer
         lam, density = masked_fraction(in_answer, answer), local_mask_density(in_answer, answer)
         logits = denoise(model, x, attention_mask, lam, density, prompt).float()  # (B, T, V)
+        check_logits(logits[:, prompt_len:], f"step {i}")
         fraction = 1 - times[i + 1] / times[i]
         last = i == steps - 1
         _reveal(
@@ -232,9 +252,4 @@ def dream_sample(
         )
         if return_history:
             history.append(x.clone())
-    answers = x[:, prompt_len:]
-    if eos_token_id is not None:
-        pos = torch.arange(gen_length, device=x.device)
-        first = torch.where(answers == eos_token_id, pos, gen_length).min(-1, keepdim=True).values
-        answers = answers.masked_fill(pos > first, eos_token_id)
-    return answers, history
+    return x[:, prompt_len:], history

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nara.diffusion._model import check_token_id, denoise
+from nara.diffusion._model import check_logits, check_token_id, denoise
 from nara.diffusion.dream_sampling import dream_sample, resolve_sampler
 from nara.diffusion.masking import local_mask_density, masked_fraction
+from nara.diffusion.mdlm_sampling import mdlm_sample
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
 
@@ -163,20 +164,6 @@ def check_length(limit: int | None, prompt_len: int, gen_length: int) -> None:
             f"{prompt}gen_length={gen_length} is {prompt_len + gen_length} tokens, more than "
             f"this model's maximum sequence length {limit}; use gen_length <= "
             f"{max(limit - prompt_len, 0)}{' or a shorter prompt' if prompt_len else ''}"
-        )
-
-
-def _check_logits(logits: torch.Tensor, block: int, step: int) -> None:
-    """Raise if the model returned NaN or +inf logits, or a position with no finite logit.
-
-    Sampling from such logits silently gives garbage (often an empty answer).
-    """
-    bad = logits.isnan().any() | logits.isposinf().any() | (logits.amax(-1) == -math.inf).any()
-    if bool(bad):
-        raise ValueError(
-            f"the model returned non-finite logits (NaN or inf) at step {step} of block {block}: "
-            "its weights or the adapter's likely hold NaN/inf (a diverged training run), or the "
-            "dtype overflowed (float16); check the weights, or run in bfloat16/float32"
         )
 
 
@@ -349,8 +336,11 @@ def generate(
         sampler: ``"llada"`` (the above), ``"dream"`` (Dream's released sampler,
             :mod:`nara.diffusion.dream_sampling`: whole answer at once on Dream's time grid, with
             ``remasking`` = low_confidence / margin / entropy / random standing for Dream's
-            maskgit_plus / topk_margin / entropy / origin), or None for the one released with
-            the model's family (Dream's for Dream models, else LLaDA's).
+            maskgit_plus / topk_margin / entropy / origin), ``"mdlm"`` (MDLM's ancestral sampler
+            with its p(x₀) cache, :mod:`nara.diffusion.mdlm_sampling`; no other option applies),
+            or None for the one released with the model's family (else LLaDA's). With Dream's
+            and MDLM's, ``eos_token_id`` only fills each answer after its first EOS once
+            sampling ends.
         top_p, top_k: nucleus / top-k filtering of each prediction (Dream's sampler only).
         alg_temp: > 0 draws the positions to reveal from softmax(confidence / alg_temp)
             instead of taking the most confident ones (Dream's sampler only).
@@ -376,29 +366,38 @@ def generate(
         sampler,
         gen_length=gen_length,
         block_length=block_length,
+        temperature=temperature,
+        remasking=remasking,
         cfg_scale=cfg_scale,
         threshold=threshold,
         top_p=top_p,
         top_k=top_k,
         alg_temp=alg_temp,
     )
-    if sampler == "dream":
-        answers, steps_taken = dream_sample(
-            model,
-            input_ids,
-            attention_mask,
-            mask_token_id=mask_token_id,
-            gen_length=gen_length,
-            steps=steps,
-            temperature=temperature,
-            remasking=remasking,
-            top_p=top_p,
-            top_k=top_k,
-            alg_temp=alg_temp,
-            eos_token_id=eos_token_id,
-            return_history=return_history,
-            generator=generator,
-        )
+    if sampler != "llada":
+        shared = {
+            "mask_token_id": mask_token_id,
+            "gen_length": gen_length,
+            "steps": steps,
+            "return_history": return_history,
+            "generator": generator,
+        }
+        if sampler == "dream":
+            answers, steps_taken = dream_sample(
+                model,
+                input_ids,
+                attention_mask,
+                temperature=temperature,
+                remasking=remasking,
+                top_p=top_p,
+                top_k=top_k,
+                alg_temp=alg_temp,
+                **shared,
+            )
+        else:
+            answers, steps_taken = mdlm_sample(model, input_ids, attention_mask, **shared)
+        if eos_token_id is not None:  # after sampling: the steps stay the release's
+            answers = _finish_at_eos(answers, eos_token_id, mask_token_id)
         if return_history:
             return GenerationOutput(sequences=answers, history=torch.stack(steps_taken))
         return answers
@@ -424,7 +423,7 @@ def generate(
             logits = _block_logits(
                 model, x, attention_mask, prompt_real, answer, mask_token_id, cfg_scale, start, end
             )
-            _check_logits(logits, block, step)
+            check_logits(logits, f"step {step} of block {block}")
             chosen = _sample(logits, temperature, generator)  # (B, L)
             confidence = _confidence(logits, chosen, remasking, generator)
             if threshold is None:
