@@ -103,7 +103,9 @@ def test_eos_ends_the_answer():
         ({"sampler": "dream", "top_p": 0.0}, "top_p"),
         ({"sampler": "dream", "top_k": 0}, "top_k"),
         ({"sampler": "dream", "alg_temp": -1.0}, "alg_temp"),
-        ({"sampler": "mdlm"}, "sampler must be"),
+        ({"sampler": "sedd"}, "sampler must be"),
+        ({"sampler": "mdlm", "temperature": 0.5}, "temperature"),
+        ({"sampler": "mdlm", "remasking": "margin"}, "remasking"),
     ],
 )
 def test_options_of_the_other_sampler_are_refused(released, options, match):

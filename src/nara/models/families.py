@@ -42,7 +42,7 @@ class Family:
         logit_convention: ``"aligned"`` or ``"shifted"`` (see the module docstring).
         sampler: the sampler :func:`nara.diffusion.generate` uses by default: the one released
             with the family (``"llada"``: LLaDA's blocks of low-confidence remasking;
-            ``"dream"``: Dream's ``diffusion_generate``).
+            ``"dream"``: Dream's ``diffusion_generate``; ``"mdlm"``: MDLM's ancestral sampler).
         hub_ids: released checkpoints of the family.
         tokenizer_class: the transformers class that reads the family's tokenizer files when
             they name a remote-code class (Dream ships Qwen2's byte-level BPE as
@@ -71,7 +71,7 @@ FAMILIES: dict[str, Family] = {
         ("Dream-org/Dream-v0-Base-7B", "Dream-org/Dream-v0-Instruct-7B"),
         Qwen2Tokenizer,
     ),
-    "mdlm": Family(MDLMModel, ALIGNED, "llada", ("kuleshov-group/mdlm-owt",)),
+    "mdlm": Family(MDLMModel, ALIGNED, "mdlm", ("kuleshov-group/mdlm-owt",)),
 }
 
 
