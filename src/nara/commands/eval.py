@@ -7,8 +7,9 @@ run; an interrupted run resumes, and a folder holding another run is refused (us
 --output, or --overwrite).
 
 TASK is a task name (boolq, gsm8k, humaneval, ...), a group (commonsense, math, code,
-embedded), an embedded task, or a comma-separated list. --oracle scores the gold outputs
-instead of a model (a check of the data and the scorer).
+embedded), an embedded task, your own .json/.jsonl/.csv file of {prompt, answer} records
+(scored by --scorer; --columns maps other column names), or a comma-separated list. --oracle
+scores the gold outputs instead of a model (a check of the data and the scorer).
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ from nara.commands._common import (
     generate_fn_from_args,
     load_for_inference,
 )
+from nara.evaluation.tasks import SCORER_HELP, SCORERS
 
 EXAMPLES = """examples:
   nara eval --task embedded:arithmetic --limit 100
   nara eval --model tiny --adapter runs/demo/nara/final --task embedded --output runs/eval/nara
   nara eval --task gsm8k --oracle --limit 20
+  nara eval --task my.jsonl --scorer number --adapter runs/mine/final
+  nara eval --task my.csv --scorer keyword --columns prompt=question,answer=label
   nara eval --model /models/LLaDA-8B-Instruct --adapter runs/math/final --task math \\
       --gen-length 256 --block-length 32 --batch-size 16"""
 
@@ -47,7 +51,19 @@ def positive_int(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--task", required=True, help="task, group or comma list")
+    parser.add_argument(
+        "--task", required=True, help="task, group, your own data file, or a comma list"
+    )
+    parser.add_argument(
+        "--scorer",
+        choices=tuple(SCORERS),
+        help=f"how to score your own data file: {SCORER_HELP}",
+    )
+    parser.add_argument(
+        "--columns",
+        metavar="FIELD=COLUMN,...",
+        help="your own file's column names mapped to record fields, e.g. prompt=question,answer=label",
+    )
     parser.add_argument("--oracle", action="store_true", help="score the gold outputs")
     parser.add_argument("--limit", type=positive_int, help="only the first N examples of each task")
     parser.add_argument(
@@ -99,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         label=label,
         overwrite=args.overwrite,
         sandbox=SandboxLimits(mode=args.sandbox),
+        scorer=args.scorer,
+        columns=args.columns,
     )
     how = "resumed" if result["resumed"] else "new run"
     n = sum(s["n"] for s in result["tasks"].values())

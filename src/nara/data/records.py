@@ -1,11 +1,16 @@
 """Records: one prompt with its gold answer, loaded from the benchmark file formats nara supports.
 
-Formats (each record is a JSON object; a file is a JSON list of them or one object per line):
+Formats (each record is an object; a file is a JSON list of them, one JSON object per line, or a
+CSV file with a header row):
 
 - ``llm-adapters``: ``{instruction, input, output, answer}`` (LLM-Adapters test/train sets).
 - ``prompt-answer``: ``{prompt, answer}`` with an optional ``target`` (training text).
 - ``humaneval``: ``{task_id, prompt, canonical_solution, test, entry_point}``.
 - ``mbpp``: ``{task_id, text, code, test_list}`` with optional ``test_setup_code``.
+
+Other column names are mapped with ``columns`` (``{"prompt": "question", "answer": "label"}``,
+written ``prompt=question,answer=label`` on a command line): each named column is renamed to the
+format's field before the format is detected.
 
 Every malformed record raises :class:`RecordFormatError` naming the file, the record (and line)
 and the problem, and saying which format was expected.
@@ -13,8 +18,10 @@ and the problem, and saying which format was expected.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +58,7 @@ class _Format:
 
     def describe(self, name: str) -> str:
         fields = ", ".join([*self.required, *(f"{k}?" for k in self.optional)])
-        return f"'{name}' records {{{fields}}}, as a JSON list or one JSON object per line"
+        return f"'{name}' records {{{fields}}}, as a JSON list, one JSON object per line or CSV"
 
 
 def _llm_adapters(raw: dict[str, Any], rid: str) -> Record:
@@ -104,11 +111,14 @@ FORMATS: dict[str, _Format] = {
 
 
 def _read_raw(path: Path) -> list[tuple[str, Any]]:
-    """(location, parsed object) pairs from a JSON list or a JSONL file."""
+    """(location, parsed object) pairs from a JSON list, a JSONL or a CSV file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise FileNotFoundError(f"data file not found: {path}") from err
+    if path.suffix.lower() == ".csv":
+        rows = csv.DictReader(io.StringIO(text, newline=""))
+        return [(f"row {i} (line {rows.line_num})", dict(row)) for i, row in enumerate(rows)]
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
@@ -132,6 +142,58 @@ def _read_raw(path: Path) -> list[tuple[str, Any]]:
     return pairs
 
 
+def parse_columns(spec: str | Mapping[str, str] | None) -> dict[str, str]:
+    """``{field: column}`` from a mapping or a ``field=column,field=column`` string.
+
+    Raises:
+        ValueError: an entry that is not ``field=column``, a field that no format has (a mapping
+            written column=field), or a field or column named twice.
+    """
+    if spec is None or spec == "":
+        return {}
+    if isinstance(spec, Mapping):
+        pairs = [(str(k).strip(), str(v).strip()) for k, v in spec.items()]
+    else:
+        pairs = []
+        for item in str(spec).split(","):
+            field_name, sep, column = item.partition("=")
+            if not sep or not field_name.strip() or not column.strip():
+                raise ValueError(
+                    f"column mapping {spec!r}: {item!r} is not field=column; write e.g. "
+                    "prompt=question,answer=label"
+                )
+            pairs.append((field_name.strip(), column.strip()))
+    fields = [f for f, _ in pairs]
+    columns = [c for _, c in pairs]
+    known = sorted({k for fmt in FORMATS.values() for k in (*fmt.required, *fmt.optional)})
+    unknown = [f for f in fields if f not in known]
+    if unknown:
+        raise ValueError(
+            f"column mapping {spec!r} maps to {unknown[0]!r}, which is no record field; write "
+            f"field=column (e.g. prompt=question,answer=label) with a field among {known}"
+        )
+    for names, what in ((fields, "field"), (columns, "column")):
+        repeated = [n for n in names if names.count(n) > 1]
+        if repeated:
+            raise ValueError(f"column mapping {spec!r} names the {what} {repeated[0]!r} twice")
+    return dict(pairs)
+
+
+def _rename(raw: Any, columns: dict[str, str], where: str) -> Any:
+    """``raw`` with each mapped column renamed to its field."""
+    if not columns or not isinstance(raw, dict):
+        return raw
+    missing = [c for c in columns.values() if c not in raw]
+    if missing:
+        raise RecordFormatError(
+            f"{where}: no column {missing[0]!r} to map (the mapping is {columns}); the record's "
+            f"columns are {sorted(raw)}"
+        )
+    renamed = {k: v for k, v in raw.items() if k not in columns.values()}
+    renamed.update({f: raw[c] for f, c in columns.items()})
+    return renamed
+
+
 def _detect(first: Any) -> str:
     keys = set(first) if isinstance(first, dict) else set()
     for name, fmt in FORMATS.items():
@@ -147,7 +209,10 @@ def _check(raw: Any, fmt: _Format, name: str, where: str) -> None:
     for key, kinds in [*fmt.required.items(), *fmt.optional.items()]:
         if key not in raw:
             if key in fmt.required:
-                raise RecordFormatError(f"{where}: missing field '{key}'; {expected}")
+                raise RecordFormatError(
+                    f"{where}: missing field '{key}'; {expected} (other column names: map them, "
+                    f"e.g. data.columns / --columns {key}=<column>)"
+                )
             continue
         value = raw[key]
         if not isinstance(value, kinds) or isinstance(value, bool):
@@ -157,15 +222,22 @@ def _check(raw: Any, fmt: _Format, name: str, where: str) -> None:
 
 
 def parse_records(
-    items: Iterable[tuple[str, Any]], format: str = "auto", *, source: str = "<records>"
+    items: Iterable[tuple[str, Any]],
+    format: str = "auto",
+    *,
+    source: str = "<records>",
+    columns: str | Mapping[str, str] | None = None,
 ) -> list[Record]:
-    """Validate and convert raw JSON objects, given as (location, object) pairs, to Records.
+    """Validate and convert raw JSON objects, given as (location, object) pairs, to Records;
+    ``columns`` renames columns to fields first (see :func:`parse_columns`).
 
     Raises:
-        RecordFormatError: a record is not an object, misses a field or has a wrong type.
-        ValueError: unknown format name.
+        RecordFormatError: a record is not an object, misses a field or a mapped column, or has
+            a wrong type.
+        ValueError: unknown format name, or a malformed column mapping.
     """
-    items = list(items)
+    mapping = parse_columns(columns)
+    items = [(where, _rename(raw, mapping, f"{source}: {where}")) for where, raw in items]
     if format == "auto":
         format = _detect(items[0][1]) if items else "prompt-answer"
     if format not in FORMATS:
@@ -178,31 +250,54 @@ def parse_records(
     return records
 
 
-def load_records(path: str | Path, format: str = "auto") -> list[Record]:
-    """Load a JSON-list or JSONL file of records in one of :data:`FORMATS` (auto-detected).
+def load_records(
+    path: str | Path, format: str = "auto", *, columns: str | Mapping[str, str] | None = None
+) -> list[Record]:
+    """Load a JSON-list, JSONL or CSV file of records in one of :data:`FORMATS` (auto-detected),
+    with ``columns`` mapped to fields first.
 
     Raises:
         FileNotFoundError: no such file.
         RecordFormatError: malformed file or record (the message names file, record and field).
     """
     path = Path(path)
-    return parse_records(_read_raw(path), format, source=str(path))
+    return parse_records(_read_raw(path), format, source=str(path), columns=columns)
 
 
-def load_hub(
-    name: str, *, split: str = "test", format: str = "auto", config: str | None = None
-) -> list[Record]:
-    """Load records from a Hugging Face dataset (needs `datasets` and network access).
+def require_datasets(name: str) -> Any:
+    """The ``datasets`` module, needed to load the hub dataset ``name``.
 
-    The dataset's columns must match one of :data:`FORMATS`.
+    Raises:
+        ImportError: ``datasets`` is not installed (naming the dataset and the install command).
     """
     try:
         import datasets
     except ImportError as err:
         raise ImportError(
-            "loading from the Hugging Face hub needs `datasets`: pip install 'nara-peft[hub]'"
+            f"{name!r} is read as a Hugging Face dataset name (no such local file), and loading "
+            "from the hub needs `datasets`: pip install 'nara-peft[hub]'; for a local file, give "
+            "its path with a .json, .jsonl or .csv suffix"
         ) from err
+    return datasets
+
+
+def load_hub(
+    name: str,
+    *,
+    split: str = "test",
+    format: str = "auto",
+    config: str | None = None,
+    columns: str | Mapping[str, str] | None = None,
+) -> list[Record]:
+    """Load records from a Hugging Face dataset (needs `datasets` and network access).
+
+    The dataset's columns must match one of :data:`FORMATS`.
+    """
+    datasets = require_datasets(name)
     rows = datasets.load_dataset(name, config, split=split)
     return parse_records(
-        ((f"row {i}", dict(row)) for i, row in enumerate(rows)), format, source=f"hub:{name}"
+        ((f"row {i}", dict(row)) for i, row in enumerate(rows)),
+        format,
+        source=f"hub:{name}",
+        columns=columns,
     )

@@ -303,6 +303,8 @@ def run_eval(
     identity: Mapping[str, Any] | None = None,
     label: str | None = None,
     overwrite: bool = False,
+    scorer: str | None = None,
+    columns: str | Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` (or the gold outputs, ``oracle=True``) on a task, alias or group.
 
@@ -313,7 +315,8 @@ def run_eval(
 
     Args:
         model, tokenizer: the dLLM and its tokenizer (both None with ``oracle`` or ``generate_fn``).
-        task: a task name/alias, a group (commonsense, math, code, embedded) or a comma list.
+        task: a task name/alias, a group (commonsense, math, code, embedded), a data file of
+            one's own (.json/.jsonl/.csv, scored by `scorer`) or a comma list.
         output_dir: where the per-example JSONL and summaries go; default
             ``runs/eval/<task>-<label>-<short fingerprint>``, one folder per distinct run.
         data: data directory or the task's file (default: see :func:`tasks.data_dir`).
@@ -332,6 +335,10 @@ def run_eval(
             generate_fn's qualified name, stand in: pass it when weights change between runs.
         label: short name for the default folder (e.g. model and adapter).
         overwrite: replace the run the output folder holds instead of refusing.
+        scorer: how to score a data file of one's own, by name (:data:`tasks.SCORERS`:
+            keyword, number, choice, exact, code).
+        columns: for one's own file, its columns mapped to record fields
+            (``"prompt=question,answer=label"`` or a dict).
 
     Returns:
         {"tasks": {name: summary}, "average": mean score, "table": markdown table, "skipped",
@@ -343,7 +350,7 @@ def run_eval(
             (:class:`nara.runs.RunFolderError`).
         FileNotFoundError: no data for a single task (or for every task of a group).
     """
-    selected = _select(task)
+    selected = _select(task, scorer)
     for name, value in (("limit", limit), ("batch_size", batch_size), ("n_samples", n_samples)):
         if value is not None and (isinstance(value, bool) or not value > 0):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -358,7 +365,7 @@ def run_eval(
         )
     n_samples = 1 if oracle else n_samples
     sandbox = sandbox or SandboxLimits()
-    loaded, skipped = _load(selected, data, hub, limit)
+    loaded, skipped = _load(selected, data, hub, limit, columns)
     fields = {
         "generator": {"oracle": True}
         if oracle
@@ -370,6 +377,8 @@ def run_eval(
         "n_samples": n_samples,
         "gen_length": generation.gen_length if generation else None,
     }
+    if scorer is not None:
+        fields["scorer"] = scorer
     if any(t.family == "code" for t, _, _ in loaded):
         check_isolation(sandbox)  # strict refuses here, before a folder is claimed or a model loads
         limits = {k: v for k, v in asdict(sandbox).items() if k != "mode"}  # mode changes no result
@@ -422,24 +431,29 @@ RUN_OUTPUTS = ("*.jsonl", "*.summary.json", "summary.json")
 DEFAULT_ROOT = Path("runs") / "eval"
 
 
-def _select(task: str) -> list[tasks.Task]:
-    selected = tasks.resolve(task)
+def _select(task: str, scorer: str | None = None) -> list[tasks.Task]:
+    selected = tasks.resolve(task, scorer)
     if not selected:
         raise ValueError(
             f"task {task!r} names no task; pass a task (boolq, gsm8k, humaneval, "
-            "embedded:arithmetic, ...), a group (commonsense, math, code, embedded) or a comma list"
+            "embedded:arithmetic, ...), a group (commonsense, math, code, embedded), a data file "
+            "with --scorer, or a comma list"
         )
     return selected
 
 
 def _load(
-    selected: list[tasks.Task], data: str | Path | None, hub: str | None, limit: int | None
+    selected: list[tasks.Task],
+    data: str | Path | None,
+    hub: str | None,
+    limit: int | None,
+    columns: str | Mapping[str, str] | None = None,
 ) -> tuple[list[tuple[tasks.Task, list[Record], list[Record]]], dict[str, str]]:
     """(task, all records, the first `limit`) per task with data, and the skipped tasks."""
     loaded, skipped = [], {}
     for t in selected:
         try:
-            records = tasks.load_task(t, data, hub=hub)
+            records = tasks.load_task(t, data, hub=hub, columns=columns)
         except FileNotFoundError as err:
             if len(selected) == 1:
                 raise

@@ -2,7 +2,8 @@
 
 Every task has a *kind* that says how a generation is scored (``choice``, ``number``, ``letter``,
 ``humaneval``, ``mbpp``, or an embedded scorer) and where its data lives relative to the data
-directory. Data directory, in order: an explicit path, ``$NARA_DATA_DIR``, then ``../shared/data``
+directory. A user's own file is a task too (:func:`file_task`): its path names it, and a scorer
+chosen by name (:data:`SCORERS`) says how to score it. Data directory, in order: an explicit path, ``$NARA_DATA_DIR``, then ``../shared/data``
 from the current directory or any parent (the project root in a checkout beside ``shared/``).
 """
 
@@ -31,6 +32,7 @@ class Task:
     keywords: answer keywords for ``choice`` tasks.
     aliases: other accepted names.
     gen_length: default number of tokens to generate.
+    own_file: a user's data file (``path`` is the file itself, see :func:`file_task`).
     """
 
     name: str
@@ -40,6 +42,7 @@ class Task:
     keywords: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     gen_length: int = 32
+    own_file: bool = False
 
 
 def _numbered(word: str, count: int) -> tuple[str, ...]:
@@ -101,24 +104,78 @@ def all_tasks() -> dict[str, Task]:
     return {**TASKS, **_embedded_tasks()}
 
 
-def resolve(name: str) -> list[Task]:
+# scorer name -> scoring kind; the names a user picks for a file of their own (--scorer)
+SCORERS: dict[str, str] = {
+    "keyword": "choice",
+    "number": "number",
+    "choice": "letter",
+    "exact": "exact",
+    "code": "code",
+}
+SCORER_HELP = (
+    "keyword: the first of the file's gold answers that the generation names (true/false, "
+    "option1/option2, ...); number: the last number, compared numerically; choice: an option "
+    "letter A-E; exact: the first line equals the answer; code: HumanEval/MBPP records, their "
+    "tests run in the sandbox"
+)
+FILE_SUFFIXES = (".json", ".jsonl", ".csv")
+
+
+def is_file_task(name: str) -> bool:
+    """Whether a --task value names a data file (by its suffix, or an existing file)."""
+    return Path(name).suffix.lower() in FILE_SUFFIXES or Path(name).is_file()
+
+
+def file_task(path: str | Path, scorer: str | None) -> Task:
+    """A task for a user's own data file, scored by the scorer named ``scorer``.
+
+    Raises:
+        ValueError: no scorer or an unknown one (listing them with what each does).
+        FileNotFoundError: the file is not there.
+    """
+    if scorer not in SCORERS:
+        given = "no --scorer" if scorer is None else f"--scorer {scorer!r}"
+        raise ValueError(
+            f"--task {path} is your own data file and {given} says how to score it; pass "
+            f"--scorer {'|'.join(SCORERS)} ({SCORER_HELP})"
+        )
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"--task {path}: no such data file (looked for {Path(path).resolve()}); give the path "
+            "of a .json, .jsonl or .csv file of {prompt, answer} records"
+        )
+    kind = SCORERS[scorer]
+    family = "code" if kind == "code" else "custom"
+    length = 512 if kind == "code" else 32
+    return Task(Path(path).stem, family, kind, str(path), gen_length=length, own_file=True)
+
+
+def resolve(name: str, scorer: str | None = None) -> list[Task]:
     """The tasks named by a task name, alias or group (``commonsense``, ``math``, ``code``,
-    ``embedded``, or comma-separated names).
+    ``embedded``), a data file of one's own (scored by ``scorer``), or comma-separated names.
 
     Raises:
         KeyError: unknown name (the message lists the valid ones).
+        ValueError, FileNotFoundError: a data file without a valid scorer, or missing.
     """
     tasks = all_tasks()
     groups = {**GROUPS, "embedded": [n for n, t in tasks.items() if t.family == "embedded"]}
     found: list[Task] = []
     for part in (p.strip() for p in name.split(",") if p.strip()):
-        if part.lower() in groups and groups[part.lower()]:
+        if part not in tasks and is_file_task(part):
+            found.append(file_task(part, scorer))
+        elif part.lower() in groups and groups[part.lower()]:
             found += [tasks[n] for n in groups[part.lower()]]
         elif part in tasks or part.lower() in _ALIASES:
             found.append(tasks.get(part) or tasks[_ALIASES[part.lower()]])
         else:
             valid = sorted([*groups, *tasks])
             raise KeyError(f"unknown task {part!r}; choose from {valid} (or comma-separate them)")
+    if scorer is not None and not any(t.own_file for t in found):
+        raise ValueError(
+            f"--scorer {scorer} applies to a data file of your own (--task path.jsonl); "
+            f"{name!r} is scored by its own rule"
+        )
     return found
 
 
@@ -143,14 +200,33 @@ def data_dir(explicit: str | Path | None = None) -> Path:
 
 
 def load_task(
-    task: Task, data: str | Path | None = None, *, split: str = "test", hub: str | None = None
+    task: Task,
+    data: str | Path | None = None,
+    *,
+    split: str = "test",
+    hub: str | None = None,
+    columns: str | dict[str, str] | None = None,
 ) -> list[Record]:
     """Records of `task`: from `data` (a data directory or the task's file itself), or from the
-    Hugging Face dataset `hub` (LLM-Adapters columns), or the embedded suite.
+    Hugging Face dataset `hub` (LLM-Adapters columns), or the embedded suite; a user's own file
+    from its path, with `columns` mapped to record fields (``prompt=question,answer=label``).
 
     Raises:
         FileNotFoundError: the task's file is missing (HellaSwag is not shipped: pass its path).
     """
+    if task.own_file:
+        records = load_records(task.path, columns=columns)
+        if task.kind == "code" and not all({"test", "tests"} & r.meta.keys() for r in records):
+            raise ValueError(
+                f"--scorer code needs HumanEval records {{task_id, prompt, canonical_solution, "
+                f"test, entry_point}} or MBPP records {{task_id, text, code, test_list}}; "
+                f"{task.path} holds other records"
+            )
+        if task.kind == "choice":  # the keywords of a file of one's own: its distinct answers
+            keywords = tuple(sorted({r.answer.strip().lower() for r in records}))
+            for record in records:
+                record.meta["keywords"] = keywords
+        return records
     if task.family == "embedded":
         from nara.data.embedded import load_embedded
 
@@ -187,7 +263,9 @@ def oracle_generation(task: Task, record: Record) -> str:
 
 
 def _kind(task: Task, record: Record) -> str:
-    """Scoring kind of a task's records."""
+    """Scoring kind of a task's records (a code file of one's own: by each record's format)."""
+    if task.kind == "code":
+        return "humaneval" if "entry_point" in record.meta else "mbpp"
     return task.kind
 
 
@@ -242,13 +320,14 @@ def code_test(task: Task, record: Record, generation: str) -> CodeTest:
     solution's, while every other builtin they use stays the judge's own).
     """
     code = completion_code(generation)
-    if task.kind == "humaneval":
+    kind = _kind(task, record)
+    if kind == "humaneval":
         entry = record.meta["entry_point"]
         if not re.search(rf"^def {re.escape(entry)}\s*\(", code, re.MULTILINE):
             code = _cut(code)
         tests = f"{record.meta['test']}\n\ncheck({entry})\n"
         return CodeTest(f"{record.prompt}{code}", tests, context=record.prompt, names=(entry,))
-    if task.kind == "mbpp":
+    if kind == "mbpp":
         tests = f"{record.meta['setup']}\n" + "\n".join(record.meta["tests"]) + "\n"
         with warnings.catch_warnings():  # some gold code has invalid escapes ("\w"): not ours
             warnings.simplefilter("ignore")

@@ -264,10 +264,15 @@ class DataSection(Section):
     NAME = "data"
     source: str = option(
         "embedded:arithmetic",
-        "Training data: 'embedded:<task>' (nara's embedded tasks), a .json/.jsonl file of "
-        "{instruction, input, output, answer} (LLM-Adapters) or {prompt, answer} records, or a "
-        "Hugging Face dataset name; several joined with '+' are mixed (interleaved), e.g. "
-        "'embedded:arithmetic+embedded:programs'.",
+        "Training data: 'embedded:<task>' (nara's embedded tasks), a .json/.jsonl/.csv file of "
+        "{prompt, answer} (optionally target: the text to train on) or {instruction, input, "
+        "output, answer} (LLM-Adapters) records, or a Hugging Face dataset name; several joined "
+        "with '+' are mixed (interleaved), e.g. 'embedded:arithmetic+embedded:programs'.",
+    )
+    columns: dict[str, str] = option(
+        {},
+        "Map other column names to record fields, field=column: 'prompt=question,answer=label' "
+        "(a YAML mapping in a recipe). Applies to files and hub datasets.",
     )
     split: str = option("train", "Split of the source to train on (embedded tasks, hub datasets).")
     val_source: str | None = option(
@@ -303,6 +308,12 @@ class DataSection(Section):
     def __post_init__(self) -> None:
         self._check_choices()
         self._check("source", bool(self.source), "a path, a hub dataset name or embedded:<task>")
+        from nara.data.records import parse_columns
+
+        try:
+            self.columns = parse_columns(self.columns)
+        except ValueError as err:
+            raise ConfigError(f"data.columns: {err}") from None
         self._check("val_fraction", 0.0 <= self.val_fraction < 1.0, "in [0, 1)")
         self._check("max_length", self.max_length >= 2, ">= 2")
         self._check("max_examples", self.max_examples is None or self.max_examples >= 1, ">= 1")

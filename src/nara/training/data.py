@@ -1,8 +1,10 @@
 """Records for a recipe's ``data`` section, tokenized, and the epoch-seeded sampler.
 
-Sources: ``embedded:<task>`` (nara's embedded suite), a ``.json``/``.jsonl`` file (LLM-Adapters or
-``{prompt, answer}`` records) or a Hugging Face dataset name (``hf:`` prefix optional); or a mix
-of several joined with ``+`` (``embedded:arithmetic+embedded:programs``), interleaved.
+Sources: ``embedded:<task>`` (nara's embedded suite), a ``.json``/``.jsonl``/``.csv`` file
+(LLM-Adapters or ``{prompt, answer}`` records, other column names mapped by ``data.columns``) or
+a Hugging Face dataset name (``hf:`` prefix optional); or a mix of several joined with ``+``
+(``embedded:arithmetic+embedded:programs``), interleaved. :func:`check_sources` checks every
+source before a model loads.
 """
 
 from __future__ import annotations
@@ -53,23 +55,74 @@ def source_kind(source: str) -> str:
         return "embedded"
     if source.startswith(HUB_PREFIX):
         return "hub"
-    if Path(source).suffix in (".json", ".jsonl") or Path(source).exists():
+    if Path(source).suffix.lower() in FILE_SUFFIXES or Path(source).exists():
         return "file"
     return "hub"
 
 
-def load_source(source: str, split: str) -> list[Any]:
-    """Records (with ``.prompt`` and ``.answer``) of ``source``; ``split`` applies to tasks/hub.
+FILE_SUFFIXES = (".json", ".jsonl", ".csv")
+
+# Where the data sets that recipes name by file can be had (checked before a model loads).
+WHERE_TO_GET = {
+    "math_10k.json": "the LLM-Adapters math_10k training set (ft-training_set/math_10k.json in "
+    "the LLM-Adapters repository; docs/data.md)",
+    "commonsense_170k.json": "the LLM-Adapters commonsense_170k training set "
+    "(ft-training_set/commonsense_170k.json in the LLM-Adapters repository; docs/data.md)",
+}
+
+
+def check_sources(cfg: DataSection) -> None:
+    """Check every part of ``cfg.source`` and ``cfg.val_source`` before a model loads: files
+    exist, embedded tasks and splits are known, and hub names have ``datasets`` to load them.
+
+    Raises:
+        FileNotFoundError: a file that is not there, naming its absolute path and where to get it.
+        ValueError: an unknown embedded task or split.
+        ImportError: a hub dataset without the ``datasets`` package.
+    """
+    specs = [(cfg.source, cfg.split), (cfg.val_source, cfg.val_split)]
+    for spec, split in specs:
+        for part in mix_parts(spec) if spec else []:
+            kind = source_kind(part)
+            if kind == "file" and not Path(part).expanduser().is_file():
+                raise FileNotFoundError(_missing_file(part))
+            if kind == "embedded":
+                from nara.data.embedded import embedded_splits
+
+                splits = embedded_splits(part[len(EMBEDDED_PREFIX) :])
+                if split not in splits and spec == cfg.source:
+                    raise ValueError(
+                        f"data.split={split!r}: {part} has the splits {list(splits)}; pick one"
+                    )
+            if kind == "hub":
+                from nara.data.records import require_datasets
+
+                require_datasets(part)
+
+
+def _missing_file(path: str) -> str:
+    full = Path(path).expanduser().resolve()
+    where = WHERE_TO_GET.get(full.name)
+    get = f"it is {where}; download it there or" if where else "create it, or"
+    return (
+        f"data file not found: {path} (looked for {full}); {get} point data.source at your own "
+        ".json/.jsonl/.csv file of {prompt, answer} records"
+    )
+
+
+def load_source(source: str, split: str, columns: dict[str, str] | None = None) -> list[Any]:
+    """Records (with ``.prompt`` and ``.answer``) of ``source``; ``split`` applies to tasks/hub;
+    ``columns`` maps file or hub columns to record fields (``{"prompt": "question"}``).
 
     A mix ``a+b`` gives each part's records of ``split``, interleaved (see :func:`mix_parts`).
 
     Raises:
-        FileNotFoundError: for a .json/.jsonl path that does not exist.
+        FileNotFoundError: for a .json/.jsonl/.csv path that does not exist.
         ValueError: from the loaders, for an unknown task or split, or malformed records.
     """
     parts = mix_parts(source)
     if len(parts) > 1:
-        return _interleave([load_source(part, split) for part in parts])
+        return _interleave([load_source(part, split, columns) for part in parts])
     kind = source_kind(source)
     if kind == "embedded":
         from nara.data.embedded import load_embedded
@@ -78,9 +131,9 @@ def load_source(source: str, split: str) -> list[Any]:
     from nara.data import records
 
     if kind == "file":
-        return records.load_records(source)
+        return records.load_records(source, columns=columns)
     name = source[len(HUB_PREFIX) :] if source.startswith(HUB_PREFIX) else source
-    return records.load_hub(name, split=split)
+    return records.load_hub(name, split=split, columns=columns)
 
 
 def has_split(source: str, split: str) -> bool:
@@ -97,10 +150,11 @@ def has_split(source: str, split: str) -> bool:
 
 
 def split_records(cfg: DataSection, seed: int) -> tuple[list[Any], list[Any]]:
-    """Training and validation records per the data section (validation may be empty)."""
-    train = load_source(cfg.source, cfg.split)
+    """Training and validation records per the data section (validation may be empty: see
+    :func:`no_validation_notice`)."""
+    train = load_source(cfg.source, cfg.split, cfg.columns)
     if cfg.val_source is not None:
-        val = load_source(cfg.val_source, cfg.val_split)
+        val = load_source(cfg.val_source, cfg.val_split, cfg.columns)
     elif has_split(cfg.source, cfg.val_split):
         val = load_source(cfg.source, cfg.val_split)
     elif cfg.val_fraction > 0:
@@ -115,6 +169,18 @@ def split_records(cfg: DataSection, seed: int) -> tuple[list[Any], list[Any]]:
     if cfg.val_max_examples is not None:
         val = val[: cfg.val_max_examples]
     return train, val
+
+
+def no_validation_notice(cfg: DataSection) -> str | None:
+    """The one line that says a run has no validation loss and how to get one; None when the
+    recipe turned validation off itself (``data.val_max_examples=0``) or named ``val_source``."""
+    if cfg.val_max_examples == 0 or cfg.val_source is not None:
+        return None
+    return (
+        f"note: no validation data ({cfg.source} has no {cfg.val_split!r} split and "
+        "data.val_fraction=0): training runs without a validation loss and best/ is not kept; "
+        "set data.val_fraction=0.05 to hold out 5 % or data.val_source=PATH"
+    )
 
 
 def tokenize(cfg: DataSection, tokenizer: Any, records: list[Any]) -> list[Encoded]:

@@ -36,7 +36,13 @@ import torch
 from nara.data.collate import Collator
 from nara.training import checkpoint as ckpt
 from nara.training.config import ConfigError, RecipeConfig
-from nara.training.data import EpochSampler, split_records, tokenize
+from nara.training.data import (
+    EpochSampler,
+    check_sources,
+    no_validation_notice,
+    split_records,
+    tokenize,
+)
 from nara.training.metrics import MetricsLogger
 from nara.training.optim import build_optimizer, build_scheduler
 
@@ -101,6 +107,7 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.state = ckpt.TrainerState()
         self._lock: Any = None
+        check_sources(config.data)  # a missing file fails here, not after the model has loaded
         self._setup_accelerator()
         try:
             resume = self._claim_output_dir()
@@ -235,6 +242,8 @@ class Trainer:
         """Records → token ids → loaders; the sampler's order is fixed by (seed, epoch)."""
         data = self.config.data
         train_records, val_records = split_records(data, self.cfg.seed)
+        if not val_records and (notice := no_validation_notice(data)):
+            self.accelerator.print(notice)
         train_set = tokenize(data, self.tokenizer, train_records)
         val_set = tokenize(data, self.tokenizer, val_records)
         collate = Collator(self.tokenizer.eos_token_id, data.pad_to, data.max_length)
