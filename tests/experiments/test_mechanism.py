@@ -259,6 +259,11 @@ def test_experiment_command_runs_reports_and_resumes(tiny_model_dir, tmp_path, c
             assert got["overall"] == pytest.approx([np.mean(overall), np.std(overall, ddof=1)])
             bin2 = [r["bins"][2] for r in mine]
             assert got["bins"][2] == pytest.approx([np.mean(bin2), np.std(bin2, ddof=1)])
+        by = {m: [r["overall"] for r in runs if (r["teacher"], r["method"]) == (kind, m)]
+              for m in ("lora", "nara")}  # fmt: skip
+        diff = np.subtract(by["nara"], by["lora"])  # paired by seed
+        got = summary["teachers"][kind]["nara"]["minus_lora"]
+        assert got == pytest.approx([diff.mean(), diff.std(ddof=1)])
         base = json.loads((root / kind / "teacher.json").read_text())
         assert summary["teachers"][kind]["base"]["overall"][0] == base["overall"] > 0
     assert (root / "mechanism.png").stat().st_size > 0

@@ -564,8 +564,11 @@ def read_rows(mech: Mechanism) -> list[dict[str, Any]]:
 
 
 def summarize(mech: Mechanism, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per teacher and student: per-bin and overall KL, mean and std over seeds (ddof 1)."""
+    """Per teacher and student: per-bin and overall KL, mean and std over seeds (ddof 1), and
+    each student's overall KL minus the first student's, paired by seed (``minus_<first>``)."""
     from nara.experiments.runner import mean_std
+
+    reference = next(iter(mech.students))
 
     out: dict[str, Any] = {"settings": {k: getattr(mech, k) for k in (
         "model", "seeds", "teacher", "target_modules", "data", "training", "evaluation")},
@@ -591,6 +594,13 @@ def summarize(mech: Mechanism, rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "bins": [list(mean_std(list(col))) for col in bins.T],
                 "per_seed_overall": [r["overall"] for r in mine],
             }
+        ref = entry.get(reference)
+        for label, e in entry.items():
+            pairs = dict(zip(ref["seeds"], ref["per_seed_overall"])) if ref else {}
+            diffs = [v - pairs[s] for s, v in zip(e["seeds"], e.get("per_seed_overall", []))
+                     if s in pairs]  # fmt: skip
+            if label != reference and diffs:
+                e[f"minus_{reference}"] = list(mean_std(diffs))
         out["teachers"][kind] = entry
     return out
 
@@ -614,6 +624,16 @@ def render(mech: Mechanism, summary: dict[str, Any]) -> str:
         params = next(e["trainable_params"] for e in entries if e)
         cells = [_cell(e["overall"]) if e else "–" for e in entries]
         lines.append(f"| {label} | {params:,} | " + " | ".join(cells) + " |")
+    reference = next(iter(mech.students))
+    key = f"minus_{reference}"
+    lines += ["", f"Overall KL minus {reference}'s, paired by seed (mean ± std; negative: closer "
+              "to the teacher).", "", "| student | " + " | ".join(teachers) + " |",
+              "|---|" + "---:|" * len(teachers)]  # fmt: skip
+    for label in labels:
+        entries = [summary["teachers"][k].get(label) or {} for k in teachers]
+        if any(key in e for e in entries):
+            cells = [_cell(e[key]) if key in e else "–" for e in entries]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     bins = mech.evaluation["bins"]
     for kind in teachers:
         entry = summary["teachers"][kind]
