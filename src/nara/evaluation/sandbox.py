@@ -161,7 +161,8 @@ def _probe_full(python: str, uid: int) -> str:
     result = _execute(probe, SandboxLimits(timeout=20, sandbox_uid=uid), python, full=True)
     if result.passed:
         return ""
-    return f"user/mount/PID/network namespaces do not work here ({result.details or result.stderr})"
+    why = (result.details or result.stderr).strip()[-300:]
+    return f"the namespaces and minimal root of full isolation fail here ({why})"
 
 
 @functools.cache
@@ -202,14 +203,9 @@ def isolation(sandbox_uid: int = 65534) -> dict[str, bool | str]:
 def isolation_report(sandbox_uid: int = 65534) -> dict[str, str]:
     """The isolation level as a small JSON-ready dict, for run summaries (see :func:`isolation`)."""
     iso = isolation(sandbox_uid)
+    uid = "unprivileged uid" if iso["dedicated_uid"] else "your uid"
     files = "minimal root" if iso["minimal_root"] else "host filesystem"
-    files += (
-        ", unprivileged uid"
-        if iso["dedicated_uid"]
-        else ", your uid"
-        if not iso["namespaces"]
-        else ""
-    )
+    files += f", {uid}" if iso["dedicated_uid"] or not iso["minimal_root"] else ""
     return {
         "level": str(iso["level"]),
         "filesystem": files,
