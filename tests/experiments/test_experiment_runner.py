@@ -118,6 +118,8 @@ def test_rerun_with_other_settings_is_refused(finished, override, field):
     before = {r.run_dir: (r.run_dir / METRICS).read_bytes() for r in grid.runs()}
     with pytest.raises(RunFolderError, match=rf"other settings \(.*{field}.*\).*output="):
         run_grid(load_grid(path, [override]), log=lambda _: None)
+    with pytest.raises(RunFolderError, match=field):  # `--report` alone checks the same
+        report(load_grid(path, [override]))
     assert before == {r.run_dir: (r.run_dir / METRICS).read_bytes() for r in grid.runs()}
 
 

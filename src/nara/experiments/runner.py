@@ -172,12 +172,12 @@ def run_one(run: RunSpec, grid: Grid, base: tuple[Any, Any, int], progress: bool
 
 
 def read_results(grid: Grid) -> list[dict[str, Any]]:
-    """The metrics.json of every finished run of the grid."""
-    return [
-        json.loads((r.run_dir / METRICS).read_text())
-        for r in grid.runs()
-        if (r.run_dir / METRICS).is_file()
-    ]
+    """The metrics.json of every finished run of the grid, each checked against the grid's
+    settings now (:func:`check_finished`), so a report never shows another run's results."""
+    finished = [r for r in grid.runs() if (r.run_dir / METRICS).is_file()]
+    for run in finished:
+        check_finished(run, grid)
+    return [json.loads((r.run_dir / METRICS).read_text()) for r in finished]
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -313,6 +313,7 @@ def run_grid(
     Returns:
         The markdown report.
     """
+    grid.check_data(only)  # a missing data file stops the grid before the model loads
     base = base or load_base(grid)
     runs = grid.runs(only)
     start = time.perf_counter()
