@@ -69,6 +69,18 @@ def test_reduced_level_warns_once_and_strict_refuses(no_namespaces):
         assert run_program("assert 1 + 1 == 3", LIMITS).status == "failed"
 
 
+def test_a_failing_probe_lowers_the_level_and_says_why(monkeypatch):
+    """The real probe, with unshare made to fail (as under a seccomp profile that blocks it)."""
+    monkeypatch.setattr(sandbox, "_NAMESPACES", [*sandbox._NAMESPACES, "--no-such-option"])
+    isolation.cache_clear()
+    try:
+        report = isolation_report()
+        assert report["level"] == ("reduced" if os.geteuid() == 0 else "none")
+        assert "full isolation fail" in report["reason"] and report["network"].startswith("socket")
+    finally:
+        isolation.cache_clear()
+
+
 def test_invalid_mode_is_explained():
     with pytest.raises(ValueError, match="'paranoid'.*'auto' or 'strict'"):
         SandboxLimits(mode="paranoid")
