@@ -191,23 +191,33 @@ def test_gen_length_past_the_model_maximum_is_refused(tiny_model_dir, monkeypatc
     assert re.search(r"the prompt \(\d+ tokens\) plus gen_length=512 is", capsys.readouterr().err)
 
 
-def test_nan_adapter_weights_are_an_error_not_an_empty_answer(tiny_model_dir, tmp_path, capsys):  # noqa: F811
+@pytest.fixture
+def nan_adapter(tmp_path):
+    """A LoRA adapter for the tiny LLaDA whose first tensor is all NaN, saved intact."""
     import torch
 
     import nara
     from nara.adapters.inject import adapter_parameters
+    from nara.models import LLaDAModelLM, tiny_config
 
-    model = nara.load_model(tiny_model_dir).model
-    nara.add_adapters(model, nara.LoRAConfig(r=2, target_modules=["q_proj"]))
+    model = nara.add_adapters(LLaDAModelLM(tiny_config()), nara.LoRAConfig(r=2))
     with torch.no_grad():
         next(iter(adapter_parameters(model).values())).fill_(float("nan"))
-    nara.save_adapters(model, tmp_path / "adapter")
-    args = ["generate", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "adapter")]
-    assert main([*args, "--prompt", "1+2=", "--gen-length", "4"]) == 2
+    return nara.save_adapters(model, tmp_path / "adapter")
+
+
+def test_nan_or_damaged_adapters_are_refused_before_loading(no_model_load, nan_adapter, capsys):
+    args = ["generate", "--adapter", str(nan_adapter), "--prompt", "1+2="]
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert re.search(
         r"adapter tensor '[\w.]+\.lora_A' in .* holds 128 NaN/inf value\(s\) of 128", err
     )
+    weights = nan_adapter / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one flipped bit
+    assert main(args) == 2
+    assert "adapter_model.safetensors does not match the sha256" in capsys.readouterr().err
 
 
 def test_steps_above_a_task_length_are_lowered_with_a_note(tiny_model_dir, capsys):  # noqa: F811

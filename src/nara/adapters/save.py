@@ -191,6 +191,19 @@ def read_weights(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     return read_tensors(path / WEIGHTS_NAME, sha256)
 
 
+def check_adapter_folder(path: str | Path) -> None:
+    """Every check of :func:`load_adapters` that needs no model: the folder and its config, the
+    weights' sha256 and finite tensors. Lets a command refuse a bad adapter before loading a
+    large base model.
+    """
+    path = Path(path)
+    meta = read_config(path)
+    if "peft_type" in meta:
+        read_tensors(path / WEIGHTS_NAME)
+    else:
+        read_weights(path, meta)
+
+
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """Copy ``state`` into the model's adapter tensors; key or shape mismatches raise."""
     own = adapter_state_dict(model)

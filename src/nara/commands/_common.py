@@ -107,7 +107,8 @@ def check_inference_arguments(args: argparse.Namespace) -> str:
 
     Raises:
         ValueError: a bad device or sampler setting (``nara.diffusion.sampling.check_settings``).
-        FileNotFoundError: ``--adapter`` is not an adapter folder.
+        FileNotFoundError: ``--adapter`` is not an adapter folder (a damaged one is a
+            ValueError).
     """
     from nara.diffusion.sampling import check_length, check_settings, max_length
 
@@ -121,9 +122,9 @@ def check_inference_arguments(args: argparse.Namespace) -> str:
     if args.gen_length is not None:  # the prompt is checked too once tokenized
         check_length(max_length(_local_config(args.model)), 0, args.gen_length)
     if args.adapter:
-        from nara.adapters.save import read_config
+        from nara.adapters.save import check_adapter_folder
 
-        read_config(Path(args.adapter))
+        check_adapter_folder(args.adapter)
     return resolve_device(args.device)
 
 
