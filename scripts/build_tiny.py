@@ -366,7 +366,7 @@ def evaluate(model, tokenizer, args) -> dict:
 
 
 def write_card(out: Path, args, config: LLaDAConfig, n_params: int, stats: dict, report: dict,
-               corpus_tokens: int, wall: float) -> None:  # fmt: skip
+               corpus_tokens: int, eval_seconds: float) -> None:  # fmt: skip
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     options["out"] = str(Path(options["out"]).resolve().relative_to(REPO)) if Path(
@@ -381,18 +381,22 @@ Load it with `nara.load_model("tiny")`.
 
 ## Rebuild
 
-    python scripts/build_tiny.py   # options used: see below
+    python scripts/build_tiny.py            # options used: see below
+    python scripts/build_tiny.py --resume   # after an interruption: continues from the checkpoint
 
-Same options + same torch/transformers/tokenizers versions → same weights. Built with torch
-{torch.__version__}, transformers {transformers.__version__}, tokenizers {tokenizers.__version__},
-Python {platform.python_version()}; wall time {wall / 60:.1f} min on {args.threads} (shared) CPU
-threads.
+Same options + same torch/transformers/tokenizers versions → same weights (a resumed build
+included: checkpoints hold the full training state). Built with torch {torch.__version__},
+transformers {transformers.__version__}, tokenizers {tokenizers.__version__}, Python
+{platform.python_version()}; training {stats["train_seconds"] / 60:.1f} min (summed over resumed
+sessions), evaluation {eval_seconds / 60:.1f} min, on {args.threads} CPU threads of a machine shared
+with other jobs.
 
 ## Recipe
 
 - Corpus: `nara.data.corpus.pretraining_corpus({args.examples}, seed={args.seed})`, three
-  families (commonsense multiple choice in BoolQ/PIQA/ARC keyword formats, arithmetic word
-  problems, Python output prediction and one-line function completion), {corpus_tokens:,} tokens.
+  families (commonsense multiple choice in BoolQ/PIQA/ARC keyword formats, one-step arithmetic
+  on numbers 1–20, Python output prediction and one-line function completion),
+  {corpus_tokens:,} tokens.
   Prompts use `render_prompt`: `Question: ...\\nAnswer:\\n`; the answer follows, then EOS.
 - Tokenizer: byte-level BPE, {config.vocab_size} tokens, digits always single tokens; special
   tokens `{EOS}` (EOS and padding) and `{MASK}` (mask).
@@ -417,8 +421,10 @@ LLaDA sampling, 24 tokens, 24 steps, blocks of 8):
 {json.dumps(report, indent=2)}
 ```
 
-The embedded fine-tuning tasks (`nara.data.embedded`) use templates and answer formats absent
-from the corpus, so their zero-shot scores are low by design: fine-tuning has something to learn.
+The embedded fine-tuning tasks (`nara.data.embedded`) ask for these skills in templates and
+answer formats absent from the corpus (option1/option2 sentences, word problems answered by their
+equation, `name = value` after assignments), as instruction tuning does with a base model: the
+zero-shot scores above are low by design, and fine-tuning unlocks what pre-training taught.
 
 ## Options
 
@@ -431,7 +437,6 @@ from the corpus, so their zero-shot scores are low by design: fine-tuning has so
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    wall = time.time()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     records = pretraining_corpus(args.examples, seed=args.seed)
@@ -462,10 +467,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
+    evaluated = time.time()
     report = evaluate(model, tokenizer, args)
-    wall = time.time() - wall
-    write_card(args.out, args, config, n_params, stats, report, corpus_tokens, wall)
-    print(json.dumps({**stats, **report, "wall_minutes": round(wall / 60, 1)}), flush=True)
+    eval_seconds = time.time() - evaluated
+    write_card(args.out, args, config, n_params, stats, report, corpus_tokens, eval_seconds)
+    print(json.dumps({**stats, **report, "eval_seconds": round(eval_seconds)}), flush=True)
 
 
 if __name__ == "__main__":
