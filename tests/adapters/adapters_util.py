@@ -38,6 +38,15 @@ CASES = [
     ("nara_dora", lambda: nara.NaRADoRAConfig(r=4, target_modules=TARGETS)),
     ("multi_lora", lambda: nara.MultiLoRAConfig(r=4, target_modules=TARGETS, num_bins=3)),
     ("t_lora", lambda: nara.TLoRAConfig(r=4, target_modules=TARGETS, r_min=1, power=1.5)),
+    ("bitfit", lambda: nara.BitFitConfig()),
+    ("ia3", lambda: nara.IA3Config()),
+    ("bottleneck_series", lambda: nara.BottleneckConfig(r=4)),
+    (
+        "bottleneck_parallel_relu",
+        lambda: nara.BottleneckConfig(r=4, variant="parallel", nonlinearity="relu"),
+    ),
+    ("foura", lambda: nara.FouRAConfig(r=4, target_modules=TARGETS)),
+    ("foura_soft", lambda: nara.FouRAConfig(r=4, target_modules=TARGETS, gate="soft")),
 ]
 CASE_PARAMS = [pytest.param(make, id=name) for name, make in CASES]
 

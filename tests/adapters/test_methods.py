@@ -8,6 +8,7 @@ from adapters_util import CASE_PARAMS, DENSITY, LAM, randomize, run
 
 import nara
 from nara.adapters import adapter_layers, inject
+from nara.adapters.layer import LAYERS
 
 
 @pytest.fixture
@@ -58,7 +59,13 @@ def test_merge_then_unmerge(make_config, tiny_lm, ids):
     randomize(model, std=0.1)
     model.eval()
     original = {n: layer.weight.clone() for n, layer in adapter_layers(model).items()}
+    biases = {n: layer.bias for n, layer in adapter_layers(model).items()}
     hub = model.nara_hub
+    if LAYERS[hub.method].merge_refusal:  # not a weight update: refused, nothing changed
+        with pytest.raises(ValueError, match=f"{hub.method} adapters cannot be merged: "):
+            nara.merge_adapters(model, lam=0.4, density=0.5)
+        assert not any(layer.merged for layer in adapter_layers(model).values())
+        return
     if hub.needs_noise:
         with pytest.raises(ValueError, match=r"cannot be merged for all λ; .*lam=0\.5"):
             nara.merge_adapters(model)
@@ -73,6 +80,7 @@ def test_merge_then_unmerge(make_config, tiny_lm, ids):
     nara.unmerge_adapters(model)
     for n, layer in adapter_layers(model).items():
         assert torch.equal(layer.weight, original[n]), n
+        assert layer.bias is biases[n], n  # the original bias tensor (or None) is back
     torch.testing.assert_close(run(model, ids, lam=0.4, density=0.5), expected)
 
 

@@ -6,11 +6,27 @@ with nara.noise_level(model, lam):  # lam: float or (batch,) in [0, 1]
 nara.save_adapters(model, "out/adapter")
 """
 
-from nara.adapters import dora, hira, lora, multilora, nara, tlora  # noqa: F401  (register methods)
+from nara.adapters import (  # noqa: F401  (register methods)
+    bitfit,
+    bottleneck,
+    dora,
+    foura,
+    hira,
+    ia3,
+    lora,
+    multilora,
+    nara,
+    prefix,
+    tlora,
+)
 from nara.adapters.config import (
     AdapterConfig,
+    BitFitConfig,
+    BottleneckConfig,
     DoRAConfig,
+    FouRAConfig,
     HiRAConfig,
+    IA3Config,
     LoRAConfig,
     MultiLoRAConfig,
     NaRAConfig,
@@ -28,6 +44,7 @@ from nara.adapters.inject import (
 )
 from nara.adapters.noise import noise_level
 from nara.adapters.peft import load_peft_adapters
+from nara.adapters.prefix import PrefixTuningConfig
 from nara.adapters.prompt import PromptTuningConfig, PTuningConfig
 from nara.adapters.save import load_adapters, save_adapters
 from nara.adapters.trajectory import (
@@ -40,14 +57,19 @@ from nara.adapters.trajectory import (
 
 __all__ = [
     "AdapterConfig",
+    "BitFitConfig",
+    "BottleneckConfig",
     "DoRAConfig",
+    "FouRAConfig",
     "HiRAConfig",
+    "IA3Config",
     "LoRAConfig",
     "MultiLoRAConfig",
     "NaRAConfig",
     "NaRADoRAConfig",
     "PTuningConfig",
     "ParameterCount",
+    "PrefixTuningConfig",
     "PromptTuningConfig",
     "TLoRAConfig",
     "TrajectoryConfig",

@@ -69,17 +69,10 @@ class AdapterConfig:
             0.0 <= self.dropout < 1.0,
             f"dropout must be in [0, 1), got {self.dropout}; use 0.0 to disable it",
         )
-        if isinstance(self.target_modules, tuple):
-            self.target_modules = list(self.target_modules)
-        _check(
-            isinstance(self.target_modules, str)
-            or (
-                isinstance(self.target_modules, list)
-                and self.target_modules
-                and all(isinstance(t, str) and t for t in self.target_modules)
-            ),
+        self.target_modules = _modules(
+            self.target_modules,
             "target_modules must be a non-empty list of module names, a regex string or "
-            f"'all-linear', got {self.target_modules!r}",
+            "'all-linear'",
         )
 
     @property
@@ -114,6 +107,19 @@ class AdapterConfig:
     def field_help(cls) -> dict[str, str]:
         """Help text of every field, for command-line help and docs."""
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def _modules(value: Any, requirement: str, empty: bool = False) -> list[str] | str:
+    """A module selection checked and normalised: a regex string, or a list (tuples become
+    lists) of non-empty names, non-empty unless ``empty``; ``requirement`` opens the error."""
+    if isinstance(value, tuple):
+        value = list(value)
+    names_ok = isinstance(value, list) and (empty or bool(value))
+    _check(
+        isinstance(value, str) or (names_ok and all(isinstance(t, str) and t for t in value)),
+        f"{requirement}, got {value!r}",
+    )
+    return value
 
 
 def config_class(method: str) -> type[AdapterConfig]:
@@ -242,3 +248,127 @@ class TLoRAConfig(AdapterConfig):
             f"r_min must be in [1, r={self.r}], got {self.r_min}",
         )
         _check(self.power > 0, f"power must be > 0, got {self.power}")
+
+
+_UNUSED = "unused by this method (a LoRA field, accepted so shared recipes apply)"
+NONLINEARITIES = ("tanh", "relu", "gelu", "silu")
+BOTTLENECK_VARIANTS = ("series", "parallel")
+GATES = ("hard", "soft")
+
+
+@dataclass
+class NoRankConfig(AdapterConfig):
+    """Base of the methods without a low-rank update: the LoRA fields are accepted and unused."""
+
+    r: int = _field(8, _UNUSED)
+    alpha: float = _field(16.0, _UNUSED)
+    scale: float | None = _field(None, _UNUSED)
+    dropout: float = _field(0.0, _UNUSED)
+
+
+@dataclass
+class BitFitConfig(NoRankConfig):
+    """BitFit: only biases train. Each targeted linear gets a zero-initialised trainable bias
+    δ (d_out,) added to its output, so y = x·Wᵀ + b + δ; a bias-free layer (LLaDA) has b = 0."""
+
+    method: ClassVar[str] = "bitfit"
+
+    target_modules: list[str] | str = _field(
+        "all-linear",
+        "linears whose bias trains: names, a regex, or 'all-linear' (every nn.Linear but the head)",
+    )
+
+
+@dataclass
+class IA3Config(NoRankConfig):
+    """(IA)³: learned vectors, initialised to ones, rescale the outputs of the key and value
+    projections and the input of the MLP's down projection (``feedforward_modules``)."""
+
+    method: ClassVar[str] = "ia3"
+
+    target_modules: list[str] | str = _field(
+        ["k_proj", "v_proj", "ff_out"],
+        "linears to rescale (LLaDA's keys, values and MLP down projection; the output head is "
+        "never matched by a last name)",
+    )
+    feedforward_modules: list[str] | str = _field(
+        ["ff_out"],
+        "targets whose input, not output, is rescaled: the MLP down projection (LLaDA: ff_out, "
+        "Dream/LLaMA: down_proj); names or a regex, each naming some target",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.feedforward_modules = _modules(
+            self.feedforward_modules,
+            "feedforward_modules must be a list of module names (possibly empty) or a regex string",
+            empty=True,
+        )
+
+
+@dataclass
+class BottleneckConfig(AdapterConfig):
+    """Bottleneck adapters: y = h + s·U·f(D·z), D (r, d) then U (d_out, r) zero-initialised;
+    z = h (the layer's output: series, Houlsby) or its input x (parallel)."""
+
+    method: ClassVar[str] = "bottleneck"
+
+    r: int = _field(16, "bottleneck width: D maps to r features, U maps them back")
+    alpha: float = _field(16.0, "unused unless scale is None (then s = alpha / r)")
+    scale: float | None = _field(1.0, "s, the scale of the adapter output (default 1)")
+    target_modules: list[str] | str = _field(
+        ["attn_out", "ff_out"],
+        "linears whose output is adapted: the attention output and MLP down projections "
+        "(LLaDA names; Dream/LLaMA: o_proj, down_proj)",
+    )
+    variant: str = _field(
+        "series",
+        f"one of {BOTTLENECK_VARIANTS}: series adapts the layer's output h (Houlsby), parallel "
+        "runs beside the layer on its input x",
+    )
+    nonlinearity: str = _field("tanh", f"f, one of {NONLINEARITIES}")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(
+            self.variant in BOTTLENECK_VARIANTS,
+            f"variant must be one of {BOTTLENECK_VARIANTS}, got {self.variant!r}",
+        )
+        _check(
+            self.nonlinearity in NONLINEARITIES,
+            f"nonlinearity must be one of {NONLINEARITIES}, got {self.nonlinearity!r}",
+        )
+
+
+@dataclass
+class FouRAConfig(AdapterConfig):
+    """FouRA: ΔW = s·Re(F⁻¹·B·diag(g)·A·F), A and B acting on the Fourier transform of the
+    input; g a rank gate of the input's low-rank features and of λ (nara.adapters.foura)."""
+
+    method: ClassVar[str] = "foura"
+    noise_aware: ClassVar[bool] = True
+
+    gate: str = _field(
+        "hard",
+        f"one of {GATES}: hard (a 0/1 rank mask, trained through a straight-through "
+        "estimator) or soft (the sigmoid gate itself)",
+    )
+    gate_init: float = _field(
+        4.0, "initial gate logit (σ(4) ≈ 0.98: every rank open at the start, as in LoRA)"
+    )
+    embedding: str = _field(
+        "sinusoidal", f"noise embedding e(λ) of the gate, one of {', '.join(EMBEDDINGS)}"
+    )
+    embedding_dim: int = _field(16, "size of the noise embedding")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.gate in GATES, f"gate must be one of {GATES}, got {self.gate!r}")
+        _check(
+            self.embedding in EMBEDDINGS,
+            f"embedding must be one of {EMBEDDINGS}, got {self.embedding!r}",
+        )
+        _check(
+            self.embedding_dim > 0 and self.embedding_dim % 2 == 0,
+            f"embedding_dim must be a positive even number, got {self.embedding_dim}",
+        )

@@ -35,25 +35,20 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from nara.adapters.config import DEFAULT_TARGETS, AdapterConfig, _check, _field
+from nara.adapters.config import _UNUSED, DEFAULT_TARGETS, NoRankConfig, _check, _field
 from nara.adapters.inject import HIDDEN_STATE_METHODS, HiddenStateMethod
 from nara.adapters.noise import NoiseHub, find_hub
 
 PROMPT_INITS = ("random", "vocab", "text")
 ENCODERS = ("mlp", "lstm")
-_UNUSED = "unused by virtual-token methods (a LoRA field, accepted so shared recipes apply)"
 
 # ----------------------------------------------------------------------------- configs
 
 
 @dataclass
-class VirtualTokenConfig(AdapterConfig):
+class VirtualTokenConfig(NoRankConfig):
     """Fields shared by the virtual-token methods (not a method itself: no ``method`` name)."""
 
-    r: int = _field(8, _UNUSED)
-    alpha: float = _field(16.0, _UNUSED)
-    scale: float | None = _field(None, _UNUSED)
-    dropout: float = _field(0.0, _UNUSED)
     target_modules: list[str] | str = _field(list(DEFAULT_TARGETS), _UNUSED)
     num_virtual_tokens: int = _field(20, "n, the number of virtual tokens placed before the input")
 
