@@ -35,7 +35,8 @@ _ST_KEPT = 8 | 1024 | 2048  # noexec, noatime, nodiratime: statvfs and mount sha
 _MNT_DETACH = 2
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS, _PR_SET_SECUREBITS = 4, 38, 28
-_PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_CHILD_SUBREAPER, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 36, 22, 2
+_SECCOMP_ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}  # (audit arch, socket)
 _SECBIT_NOROOT_AND_LOCK = 0x3  # exec as uid 0 grants no capabilities, and that is locked
 _SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _DEVICES = ("null", "zero", "full", "random", "urandom")
@@ -275,7 +276,9 @@ def serve_solution(job: dict, read_fd: int, write_fd: int) -> None:
         return id(value)
 
     channel = Channel(read_fd, write_fd, handle_of, objects.__getitem__)
-    if not job["root"]:
+    if job["network"] == "seccomp":
+        _deny_sockets(ctypes.CDLL(None, use_errno=True))
+    elif job["network"] == "in-process":
         _block_sockets()
     builtins.exit = builtins.quit = sys.exit  # what ``site`` would provide (we run with -S)
     namespace = {"__name__": "__main__", "__builtins__": builtins}
@@ -334,6 +337,43 @@ def _flush_and_exit(channel, message) -> None:
     if channel is not None:
         channel.send(message)
     os._exit(0)
+
+
+def _deny_sockets(libc) -> None:
+    """Without a network namespace: a seccomp filter makes every non-unix socket() fail (EPERM).
+
+    Also refused: io_uring (it can open sockets) and, on x86-64, the x32 syscall numbers; a
+    syscall of another architecture kills the process. The filter cannot be removed and is
+    inherited by every child.
+    """
+    arch, socket_nr = _SECCOMP_ARCH[os.uname().machine]
+    deny, allow, kill = 0x00050000 | 1, 0x7FFF0000, 0x80000000  # ERRNO(EPERM), ALLOW, KILL
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    program = [
+        (ld, 0, 0, 4),  # A = arch
+        (jeq, 1, 0, arch),
+        (ret, 0, 0, kill),
+        (ld, 0, 0, 0),  # A = syscall number
+        (jge, 4, 0, 0x40000000),  # x32 ABI: deny
+        (jeq, 3, 0, 425),  # io_uring_setup: deny
+        (jeq, 0, 3, socket_nr),  # any other syscall: allow
+        (ld, 0, 0, 16),  # A = low word of the first argument: the address family
+        (jeq, 1, 0, 1),  # AF_UNIX: allow
+        (ret, 0, 0, deny),
+        (ret, 0, 0, allow),
+    ]
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte)]
+        _fields_ += [("k", ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    filters = (Filter * len(program))(*(Filter(*f) for f in program))
+    fprog = Program(len(program), filters)
+    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "seccomp filter")
 
 
 def _block_sockets() -> None:

@@ -50,6 +50,11 @@ _BOOT_SOURCE = (Path(__file__).with_name("_sandbox_boot.py")).read_text(encoding
 _NAMESPACES = ["--user", "--map-root-user", "--net", "--pid", "--ipc", "--uts", "--fork"]
 _NAMESPACES += ["--kill-child", "--mount", "--mount-proc"]
 _STATUSES = ("passed", "failed", "timed_out", "crashed")
+_NETWORK = {
+    "namespace": "namespace",
+    "seccomp": "seccomp filter: unix sockets only",
+    "in-process": "socket blocked in-process (bypassable)",
+}
 _GRACE = 5.0  # seconds the supervisor waits past the judge's own deadline (interpreter start)
 
 
@@ -158,11 +163,21 @@ def _probe_full(python: str, uid: int) -> str:
     if shutil.which("unshare") is None:
         return "the unshare command (util-linux) is not installed"
     probe = CodeTest("def f(x):\n    return [x, 2.5]\n", "assert f(1) == [1, 2.5]\n")
-    result = _execute(probe, SandboxLimits(timeout=20, sandbox_uid=uid), python, full=True)
+    limits = SandboxLimits(timeout=20, sandbox_uid=uid)
+    result = _execute(probe, limits, python, network="namespace")
     if result.passed:
         return ""
     why = (result.details or result.stderr).strip()[-300:]
     return f"the namespaces and minimal root of full isolation fail here ({why})"
+
+
+def _seccomp_works(python: str, uid: int) -> bool:
+    """Without namespaces: does the seccomp socket filter install, refuse TCP and keep unix?"""
+    solution = "import _socket\ndef f(family):\n    try:\n        _socket.socket(family, 1)\n"
+    solution += "    except OSError:\n        return 'refused'\n    return 'open'\n"
+    probe = CodeTest(solution, "assert f(2) == 'refused' and f(1) == 'open'\n")
+    limits = SandboxLimits(timeout=20, sandbox_uid=uid)
+    return _execute(probe, limits, python, network="seccomp").passed
 
 
 @functools.cache
@@ -172,7 +187,9 @@ def isolation(sandbox_uid: int = 65534) -> dict[str, bool | str]:
     Keys: level ("full", "reduced", "none"), reason (why it is not full), python (the
     interpreter used: the evaluator's base Python when the sandbox uid may run it, else the
     system ``python3``; programs get only the standard library), and the layers: namespaces,
-    minimal_root, network, private_tmp, dedicated_uid, process_limit.
+    minimal_root, network (in words) and network_mode ("namespace", "seccomp": a filter refuses
+    every socket but unix ones, "in-process": ``socket.socket`` replaced, bypassable),
+    private_tmp, dedicated_uid, process_limit.
 
     Raises:
         RuntimeError: no Python interpreter is executable by the sandbox uid.
@@ -187,13 +204,17 @@ def isolation(sandbox_uid: int = 65534) -> dict[str, bool | str]:
     reason = _probe_full(python, sandbox_uid)
     root = os.geteuid() == 0
     full = not reason
+    mode = (
+        "namespace" if full else "seccomp" if _seccomp_works(python, sandbox_uid) else "in-process"
+    )
     return {
         "level": "full" if full else "reduced" if root else "none",
         "reason": reason,
         "python": python,
         "namespaces": full,
         "minimal_root": full,
-        "network": "namespace" if full else "socket blocked in-process (bypassable)",
+        "network": _NETWORK[mode],
+        "network_mode": mode,
         "private_tmp": full,
         "dedicated_uid": root,
         "process_limit": full or root,
@@ -234,10 +255,11 @@ def check_isolation(limits: SandboxLimits | None = None) -> dict[str, str]:
         return report
     what = (
         "your files are protected by a separate uid, but the program can read the host's "
-        "world-readable files and bypass the in-process network block"
+        "world-readable files"
         if iso["level"] == "reduced"
-        else "the program runs as YOU: it can read and change your files and reach the network"
+        else "the program runs as YOU: it can read and change your files"
     )
+    what += f"; network: {iso['network']}"
     message = (
         f"nara sandbox: REDUCED ISOLATION (level {iso['level']!r}): {iso['reason']}; {what}. "
         "Enable unprivileged user namespaces (sysctl user.max_user_namespaces > 0, "
@@ -288,7 +310,7 @@ def run_test(test: CodeTest, limits: SandboxLimits | None = None) -> ExecutionRe
     limits = limits or SandboxLimits()
     check_isolation(limits)
     iso = isolation(limits.sandbox_uid)
-    return _execute(test, limits, str(iso["python"]), full=iso["level"] == "full")
+    return _execute(test, limits, str(iso["python"]), network=str(iso["network_mode"]))
 
 
 def run_program(source: str, limits: SandboxLimits | None = None) -> ExecutionResult:
@@ -330,9 +352,10 @@ def _bound_names(tree: ast.AST) -> set[str]:
     return bound
 
 
-def _job(test: CodeTest, limits: SandboxLimits, full: bool) -> bytes:
+def _job(test: CodeTest, limits: SandboxLimits, network: str) -> bytes:
     """The judge's instructions (read from its stdin before anything else)."""
     names, modules = _names(test)
+    full = network == "namespace"
     job = {
         "solution": test.solution,
         "tests": test.tests,
@@ -348,24 +371,27 @@ def _job(test: CodeTest, limits: SandboxLimits, full: bool) -> bytes:
         "inodes": 4096 + 64 * limits.max_disk_mb,
         "timeout": limits.timeout,
         "root": full,
+        "network": network,
     }
     return marshal.dumps(job, 4)  # plain types only; a lone surrogate travels, compile rejects it
 
 
-def _execute(test: CodeTest, limits: SandboxLimits, python: str, *, full: bool) -> ExecutionResult:
-    """Start one sandbox (full: in namespaces, else in a host folder removed afterwards)."""
-    workdir = None if full else Path(tempfile.mkdtemp(prefix="nara-sandbox-"))
+def _execute(
+    test: CodeTest, limits: SandboxLimits, python: str, *, network: str
+) -> ExecutionResult:
+    """Start one sandbox: in namespaces (network "namespace"), else in a host folder removed after."""
+    workdir = None if network == "namespace" else Path(tempfile.mkdtemp(prefix="nara-sandbox-"))
     try:
         if workdir is not None and os.geteuid() == 0:
             os.chown(workdir, limits.sandbox_uid, limits.sandbox_uid)
-        return _supervise(test, limits, python, workdir)
+        return _supervise(test, limits, python, workdir, network)
     finally:
         if workdir is not None:
             _remove_tree(workdir)
 
 
 def _supervise(
-    test: CodeTest, limits: SandboxLimits, python: str, workdir: Path | None
+    test: CodeTest, limits: SandboxLimits, python: str, workdir: Path | None, network: str
 ) -> ExecutionResult:
     read_fd, write_fd = os.pipe()
     prefix = [] if workdir is not None else [shutil.which("unshare") or "unshare", *_NAMESPACES]
@@ -394,7 +420,7 @@ def _supervise(
     for reader in (*readers, verdict_reader):
         reader.start()
     with contextlib.suppress(BrokenPipeError):  # the judge reads the job before anything else
-        proc.stdin.write(_job(test, limits, workdir is None))
+        proc.stdin.write(_job(test, limits, network))
     with contextlib.suppress(BrokenPipeError):
         proc.stdin.close()
     timed_out = False
