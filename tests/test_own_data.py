@@ -17,7 +17,9 @@ from nara.cli import main  # noqa: E402
 from nara.data.records import RecordFormatError, load_records  # noqa: E402
 from nara.evaluation.runner import run_eval  # noqa: E402
 from nara.training.config import ConfigError, load_recipe  # noqa: E402
-from nara.training.data import split_records  # noqa: E402
+from nara.training.data import load_source, split_records  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SUMS = [(a, b) for a in range(1, 5) for b in range(1, 5)]  # 16 problems
 
@@ -60,20 +62,56 @@ def test_recipe_columns_are_checked_and_applied(tmp_path):
         load_recipe(None, ["data.columns=q=prompt"])  # written column=field
 
 
-def test_missing_data_file_fails_before_the_model_loads(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Any model load fails the test: the data checks must come first."""
+    import nara.experiments.runner
     import nara.models
 
     def no_load(*args, **kwargs):
-        raise AssertionError("the model was loaded before the data was checked")
+        raise AssertionError("a model was loaded before the data was checked")
 
     monkeypatch.setattr(nara.models, "load_model", no_load)
-    missing = tmp_path / "data" / "llm-adapters" / "math_10k.json"
-    code = main(
-        ["train", "llada8b/math_nara", f"data.source={missing}", f"output_dir={tmp_path}/r"]
-    )
-    assert code != 0  # and no model was loaded: the check comes first
+    monkeypatch.setattr(nara.experiments.runner, "load_base", no_load)
+
+
+RECIPES = sorted(p.stem for p in (ROOT / "configs" / "llada8b").glob("*.yaml"))
+WHERE = {"math": "math_10k.json", "commonsense": "commonsense_170k.json", "code": "train.jsonl"}
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_8b_recipe_without_its_data_fails_before_the_model_loads(
+    name, tmp_path, monkeypatch, capsys, no_model_load
+):
+    monkeypatch.chdir(tmp_path)  # the recipes' data paths are relative to the working folder
+    assert main(["train", f"llada8b/{name}", f"output_dir={tmp_path}/run"]) == 2
     err = capsys.readouterr().err
-    assert str(missing) in err and "LLM-Adapters" in err and "docs/data.md" in err
+    missing = tmp_path / "data" / ("code" if name.startswith("code") else "llm-adapters")
+    assert str(missing / WHERE[name.split("_")[0]]) in err and "docs/data.md" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("grid", ["llada8b_methods", "llada8b_ablations"])
+def test_8b_grid_without_its_data_fails_before_the_model_loads(
+    grid, tmp_path, monkeypatch, capsys, no_model_load
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment", str(ROOT / "configs" / "experiments" / f"{grid}.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "data file not found: data/llm-adapters/" in err and "docs/data.md" in err
+
+
+def test_shared_copies_named_by_docs_data_md_load():
+    """The no-download alternatives that docs/data.md names hold records nara reads."""
+    text = (ROOT / "docs" / "data.md").read_text()
+    shared = ROOT.parent / "shared" / "data" / "llm-adapters"
+    math = "../shared/data/llm-adapters/ft-training_set/math_data.json"
+    assert math in text
+    assert len(load_source(str(shared / "ft-training_set" / "math_data.json"), "train")) == 3260
+    mix = next(line for line in text.splitlines() if "boolq/train.json+" in line)
+    source = mix.split("data.source=", 1)[1].split("`")[0]
+    parts = [ROOT / part for part in source.split("+")]
+    assert all(part.is_file() for part in parts), parts
 
 
 def test_own_file_trains_with_a_notice_and_evaluates_by_scorer(tiny_model_dir, tmp_path, capsys):  # noqa: F811

@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         print(runner.report(grid))
         return 0
+    if not args.counts:
+        grid.check_data(only)  # a missing data file stops the grid before the model loads
     base = runner.load_base(grid)
     if args.counts:
         for label, count in runner.parameter_counts(grid, base).items():

@@ -150,6 +150,21 @@ class Grid:
         recipe["output_dir"] = str(run_dir)
         return recipe
 
+    def check_data(self, only: list[str] | None = None) -> None:
+        """Check the training data of every run (of the ``only`` methods), each distinct data
+        section once: run before any model loads, so a missing file stops the grid at once.
+
+        Raises:
+            FileNotFoundError: a missing data file (see :func:`nara.training.data.check_sources`).
+        """
+        from nara.training.config import DataSection
+        from nara.training.data import check_sources
+
+        recipes = [run.recipe for run in self.runs(only) if run.recipe is not None]
+        sections = {yaml.safe_dump(r.get("data") or {}): r.get("data") or {} for r in recipes}
+        for data in sections.values():
+            check_sources(DataSection.from_dict(data))
+
     def model_name(self) -> str:
         return str((self.recipe.get("model") or {}).get("name", "tiny"))
 

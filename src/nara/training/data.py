@@ -62,12 +62,15 @@ def source_kind(source: str) -> str:
 
 FILE_SUFFIXES = (".json", ".jsonl", ".csv")
 
-# Where the data sets that recipes name by file can be had (checked before a model loads).
+# Where the data sets the shipped recipes name can be had, by the end of their path (the file
+# checks before a model loads name it).
 WHERE_TO_GET = {
-    "math_10k.json": "the LLM-Adapters math_10k training set (ft-training_set/math_10k.json in "
-    "the LLM-Adapters repository; docs/data.md)",
-    "commonsense_170k.json": "the LLM-Adapters commonsense_170k training set "
-    "(ft-training_set/commonsense_170k.json in the LLM-Adapters repository; docs/data.md)",
+    "llm-adapters/math_10k.json": "LLM-Adapters' math_10k training set: copy "
+    "ft-training_set/math_10k.json of the LLM-Adapters repository there (docs/data.md; "
+    "../shared/data/llm-adapters/ft-training_set/math_data.json runs without a download)",
+    "llm-adapters/commonsense_170k.json": "LLM-Adapters' commonsense_170k training set: copy "
+    "ft-training_set/commonsense_170k.json of the LLM-Adapters repository there (docs/data.md)",
+    "code/train.jsonl": "a code instruction set of your choice (docs/data.md)",
 }
 
 
@@ -102,8 +105,8 @@ def check_sources(cfg: DataSection) -> None:
 
 def _missing_file(path: str) -> str:
     full = Path(path).expanduser().resolve()
-    where = WHERE_TO_GET.get(full.name)
-    get = f"it is {where}; download it there or" if where else "create it, or"
+    where = next((w for end, w in WHERE_TO_GET.items() if full.as_posix().endswith(end)), None)
+    get = f"it is {where}; or" if where else "create it, or"
     return (
         f"data file not found: {path} (looked for {full}); {get} point data.source at your own "
         ".json/.jsonl/.csv file of {prompt, answer} records"
