@@ -7,14 +7,17 @@ import, writes under tests/models/data/:
 
     mdlm_tiny/config.json, mdlm_tiny/model.safetensors   the checkpoint in the released Hugging
                                                           Face layout (``backbone.*`` keys)
-    mdlm_reference.safetensors                           input ids, σ, raw and SUBS outputs
+    mdlm_reference.safetensors                           input ids, raw and SUBS outputs, and
+                                                          samples of the released sampler
 
 The released code is not part of nara and is not committed. Its backbone calls two
 flash-attention kernels, which do not run on a CPU; this script puts a plain-torch stand-in for
 each in place (rotary embedding of q and k in the rotate-half form over cos/sin tables of half
 the head width, and softmax attention over each sequence with scale 1/sqrt(head width), no
 mask), so what is checked against the release is everything else: the embedding, σ map, adaLN
-shifts/scales/gates, norms, the fused q/k/v layout, MLP, final layer and SUBS. To re-run:
+shifts/scales/gates, norms, the fused q/k/v layout, MLP, final layer, SUBS, and the released
+cached ancestral sampler (``_sample`` with ``ddpm_cache``, run verbatim on an object that stands
+for the ``Diffusion`` class in what the sampler reads). To re-run:
 
  1. Clone the MDLM repository (kuleshov-group/mdlm on GitHub) to e.g. /tmp/mdlm.
  2. Make a separate environment (the Dream one serves):
@@ -46,6 +49,7 @@ OUT = Path(__file__).resolve().parents[1] / "tests" / "models" / "data"
 TINY = {"hidden_size": 32, "cond_dim": 16, "n_blocks": 2, "n_heads": 4, "dropout": 0.0}
 VOCAB = 64  # the last id, 63, is the mask token, as MDLM appends it after GPT-2's vocabulary
 MASK = VOCAB - 1
+SAMPLES = [(4, 0), (8, 1), (12, 2)]  # (steps, torch seed) of unconditional samples of 12 tokens
 
 STAND_INS = {
     "flash_attn/__init__.py": "from . import flash_attn_interface, layers\n",
@@ -80,33 +84,70 @@ STAND_INS = {
 
 
 def _import_release(folder: Path):
-    """The released ``models.dit`` with the stand-ins, and its ``_subs_parameterization``."""
+    """The released ``models/dit.py`` (with the stand-ins), ``noise_schedule.py``, and the
+    methods of the released ``Diffusion`` class that SUBS and the sampler run."""
     stubs = Path(tempfile.mkdtemp())
     for name, text in STAND_INS.items():
         (stubs / name).parent.mkdir(parents=True, exist_ok=True)
         (stubs / name).write_text(textwrap.dedent(text))
     sys.path.insert(0, str(stubs))
-    spec = importlib.util.spec_from_file_location("released_dit", folder / "models" / "dit.py")
-    dit = importlib.util.module_from_spec(spec)  # alone: models/__init__ imports Mamba kernels
-    spec.loader.exec_module(dit)
-
-    source = (folder / "diffusion.py").read_text()
-    tree = ast.parse(source)
-    method = next(
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef) and node.name == "_subs_parameterization"
-    )
+    modules = {}
+    for name in ("models/dit.py", "noise_schedule.py"):
+        spec = importlib.util.spec_from_file_location(Path(name).stem, folder / name)
+        modules[name] = importlib.util.module_from_spec(spec)  # alone: models/__init__ needs
+        spec.loader.exec_module(modules[name])  # Mamba kernels
+    tree = ast.parse((folder / "diffusion.py").read_text())
+    wanted = {
+        "_sample_categorical",
+        "_subs_parameterization",
+        "_process_sigma",
+        "forward",
+        "_sample_prior",
+        "_ddpm_caching_update",
+        "_sample",
+    }
+    nodes = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Diffusion"):
+        nodes += [n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
     namespace = {"torch": torch}
-    exec(compile(ast.Module([method], []), "diffusion.py", "exec"), namespace)
-    return dit, namespace["_subs_parameterization"]
+    exec(compile(ast.Module(nodes, []), "diffusion.py", "exec"), namespace)
+    return modules["models/dit.py"], modules["noise_schedule.py"], namespace
+
+
+class Released:
+    """Stands for the released ``Diffusion`` object in what SUBS and the sampler read of it:
+    SUBS parameterisation, log-linear noise, the cached ancestral sampler, noise removal."""
+
+    parameterization = "subs"
+    sampler = "ddpm_cache"
+    time_conditioning = False
+    device = torch.device("cpu")
+    mask_index = MASK
+    neg_infinity = -1000000.0
+
+    def __init__(self, backbone, noise, methods: dict, batch: int, length: int, steps: int):
+        from omegaconf import OmegaConf
+
+        self.backbone, self.noise = backbone, noise
+        self.config = OmegaConf.create(
+            {
+                "loader": {"eval_batch_size": batch},
+                "model": {"length": length},
+                "noise": {"type": "loglinear"},
+                "sampling": {"steps": steps, "noise_removal": True},
+            }
+        )
+        for name in ("_subs_parameterization", "_process_sigma", "forward", "_sample_prior"):
+            setattr(self, name, methods[name].__get__(self))
+        self._ddpm_caching_update = methods["_ddpm_caching_update"].__get__(self)
+        self.sample = methods["_sample"].__get__(self)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--release", type=Path, required=True, help="MDLM repository clone")
     args = parser.parse_args()
-    dit, subs = _import_release(args.release)
+    dit, noise_schedule, methods = _import_release(args.release)
 
     torch.manual_seed(0)
     config = {"model": {**TINY, "scale_by_sigma": True, "length": 32}}
@@ -140,11 +181,14 @@ def main() -> None:
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, MASK, (2, 12), generator=gen)
     ids[torch.rand(ids.shape, generator=gen) < 0.5] = MASK
-    sigma = torch.zeros(2)  # time conditioning off: the release's model sees σ = 0
-    fake = type("Diffusion", (), {"mask_index": MASK, "neg_infinity": -1000000.0})()
+    released = Released(model, noise_schedule.LogLinearNoise(), methods, 2, 12, 1)
     with torch.no_grad():
-        raw = model(ids, sigma)
-        tensors = {"ids": ids, "raw": raw, "subs": subs(fake, raw.clone(), ids)}
+        raw = model(ids, torch.zeros(2))  # time conditioning off: the release's model sees σ = 0
+        tensors = {"ids": ids, "raw": raw, "subs": released.forward(ids, torch.zeros(2))}
+    for steps, seed in SAMPLES:
+        released.config.sampling.steps = steps
+        torch.manual_seed(seed)
+        tensors[f"sample_{steps}_{seed}"] = released.sample()  # (2, 12), from all masks
     save_file(tensors, OUT / "mdlm_reference.safetensors")
     print(f"wrote {folder} and {OUT / 'mdlm_reference.safetensors'}")
 

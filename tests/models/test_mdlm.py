@@ -77,15 +77,16 @@ def test_time_conditioning_is_off_as_released():
         for p in model.parameters():
             p.normal_(0.0, 0.3)
     ids = torch.randint(0, 127, (2, 5))
-    one = torch.ones(2)
+    zero, one = torch.zeros(2), torch.ones(2)
     with torch.no_grad():
         assert torch.equal(
             model(ids, subs=False).logits, model(ids, timesteps=one, subs=False).logits
         )
         model.config.time_conditioning = True
-        assert not torch.equal(
-            model(ids, subs=False).logits, model(ids, timesteps=one, subs=False).logits
-        )
+        with pytest.raises(ValueError, match="timesteps"):
+            model(ids)  # nara's loss and samplers pass no σ: refused, not run at σ = 0
+        at_zero = model(ids, timesteps=zero, subs=False).logits
+        assert not torch.equal(at_zero, model(ids, timesteps=one, subs=False).logits)
 
 
 def test_inputs_embeds_and_bad_configs_are_refused():

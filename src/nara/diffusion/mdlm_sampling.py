@@ -8,11 +8,11 @@ a token drawn from p(x₀) (Gumbel-max on q / (−log u), as released). Unmasked
 carried over. A final pass replaces any position still masked by the argmax of p(x₀).
 
 The cache: when a step changes nothing, the next step's input is the same, so p(x₀) is reused
-instead of recomputed. That holds when nothing the network sees depends on t: MDLM's own time
-conditioning (off in the released checkpoint) switches the cache off. nara's noise-aware adapters
-do not: they see λ, the masked fraction of the answer, which is a function of the input, so an
-unchanged input gives them the same λ (the tests check cached and uncached samples agree with a
-NaRA adapter attached). Random draws come from ``generator`` in the order the release takes them
+instead of recomputed. That holds when nothing the network sees depends on t. MDLM's own time
+conditioning would break it; it is off in the released checkpoint, and nara refuses an MDLM with
+it on (it passes no σ). nara's noise-aware adapters do not break it: they see λ, the masked
+fraction of the answer, a function of the input, so an unchanged input gives them the same λ
+(the tests check that cached and uncached samples agree with a NaRA adapter attached). Random draws come from ``generator`` in the order the release takes them
 from torch's global generator, so a seeded run repeats the release's.
 """
 
@@ -50,7 +50,7 @@ def mdlm_sample(
     Args:
         input_ids: long (B, P), left-padded prompts (P may be 0: unconditional samples, as
             the release draws them); attention_mask: (B, P) or None.
-        cache: reuse p(x₀) while the input does not change (switched off by time conditioning).
+        cache: reuse p(x₀) while the input does not change (False recomputes it every step).
 
     Returns:
         (answers long (B, gen_length), the whole sequence after each step when
@@ -65,7 +65,6 @@ def mdlm_sample(
     else:
         prompt = F.pad(attention_mask.bool(), (0, gen_length), value=False)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, gen_length)], 1)
-    cache = cache and not getattr(getattr(model, "config", None), "time_conditioning", False)
 
     def p_x0(x: torch.Tensor) -> torch.Tensor:
         masked = (x == mask_token_id) & answer

@@ -179,13 +179,31 @@ class DDitFinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
+class EmbeddingLayer(nn.Module):
+    """Token embedding stored as the released ``embedding`` parameter (V, d)."""
+
+    def __init__(self, vocab_size: int, dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Parameter(torch.empty(vocab_size, dim))
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.embedding  # the name transformers and nara's adapters look for
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.embedding.shape[1]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding[ids]  # (B, T, d)
+
+
 class DiTBackbone(nn.Module):
     """Embedding, σ-conditioning, blocks and final layer under the released names."""
 
     def __init__(self, config: MDLMConfig) -> None:
         super().__init__()
-        self.vocab_embed = nn.Module()  # the released key is vocab_embed.embedding
-        self.vocab_embed.embedding = nn.Parameter(torch.empty(config.vocab_size, config.hidden_dim))
+        self.vocab_embed = EmbeddingLayer(config.vocab_size, config.hidden_dim)
         self.sigma_map = TimestepEmbedder(config.cond_dim)
         self.blocks = nn.ModuleList(DDiTBlock(config) for _ in range(config.n_blocks))
         self.output_layer = DDitFinalLayer(config)
@@ -211,8 +229,8 @@ class MDLMModel(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, DiTBackbone):
-            init.kaiming_uniform_(module.vocab_embed.embedding, a=math.sqrt(5))
+        if isinstance(module, EmbeddingLayer):
+            init.kaiming_uniform_(module.embedding, a=math.sqrt(5))
         elif isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
@@ -220,7 +238,7 @@ class MDLMModel(PreTrainedModel):
         elif isinstance(module, LayerNorm):
             init.ones_(module.weight)
 
-    def get_input_embeddings(self) -> nn.Module:
+    def get_input_embeddings(self) -> EmbeddingLayer:
         return self.backbone.vocab_embed
 
     def forward(
@@ -239,14 +257,15 @@ class MDLMModel(PreTrainedModel):
             input_ids: long (B, T).
             attention_mask: (B, T), 1 at real tokens and 0 at padding; padded keys are ignored
                 (the release has no padding; an unpadded batch computes exactly as it does).
-            timesteps: σ per sample (B,); ignored (taken as 0) unless the config switches time
-                conditioning on, as in the released checkpoint.
+            timesteps: σ per sample (B,): required when the config switches time conditioning
+                on, else ignored (taken as 0, as the released checkpoint is trained).
             subs: apply the SUBS parameterisation (see the module docstring).
             output_hidden_states: also return the input of every block and the final output.
             kwargs: other transformers arguments are ignored.
 
         Raises:
-            ValueError: without ``input_ids`` or with ``inputs_embeds``.
+            ValueError: without ``input_ids``, with ``inputs_embeds``, or without ``timesteps``
+                when time conditioning is on.
         """
         if input_ids is None or "inputs_embeds" in kwargs:
             raise ValueError(
@@ -254,11 +273,16 @@ class MDLMModel(PreTrainedModel):
                 "inputs_embeds and the virtual-token adapters built on them are not supported; "
                 "use a weight adapter (lora, nara, ...)"
             )
+        if self.config.time_conditioning and timesteps is None:
+            raise ValueError(
+                "this MDLM conditions on the noise level (time_conditioning=true): pass "
+                "timesteps=σ (B,). nara's loss and samplers do not, so they run only MDLMs with "
+                "time conditioning off, as the released checkpoint is"
+            )
         bb = self.backbone
-        x = bb.vocab_embed.embedding[input_ids]  # (B, T, d)
-        sigma = timesteps if timesteps is not None and self.config.time_conditioning else None
-        if sigma is None:
-            sigma = x.new_zeros(x.shape[0])
+        x = bb.vocab_embed(input_ids)  # (B, T, d)
+        # without time conditioning the released model sees σ = 0
+        sigma = timesteps if self.config.time_conditioning else x.new_zeros(x.shape[0])
         c = F.silu(bb.sigma_map(sigma))  # (B, cond_dim)
         key_mask = None if attention_mask is None else attention_mask.bool()
         head_dim = self.config.hidden_dim // self.config.n_heads
