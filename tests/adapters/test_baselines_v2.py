@@ -116,6 +116,9 @@ def test_ia3_feedforward_modules_must_be_targets():
         nara.add_adapters(llada(), config)
     with pytest.raises(ValueError, match="feedforward_modules must be"):
         nara.IA3Config(feedforward_modules=[""])
+    model = nara.add_adapters(llada(), nara.IA3Config(feedforward_modules=r".*\.ff_out"))  # regex
+    roles = {n.rsplit(".", 1)[-1]: m.feedforward for n, m in adapter_layers(model).items()}
+    assert roles == {"k_proj": False, "v_proj": False, "ff_out": True}
 
 
 # ----------------------------------------------------------------------------- bottleneck

@@ -11,21 +11,20 @@ on a feed-forward layer.
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 
 from nara.adapters.config import IA3Config
+from nara.adapters.inject import compile_target_regex
 from nara.adapters.layer import AdapterLayer, matches, register
 from nara.adapters.noise import Conditioner
 
 
 def selected(name: str, entries: list[str] | str) -> bool:
     """True if module ``name`` is one of ``entries`` (names or '.'-suffixes) or fullmatches the
-    regex ``entries``."""
+    regex ``entries`` (checked like target_modules: no nested repetition)."""
     if isinstance(entries, str):
-        return re.fullmatch(entries, name) is not None
+        return compile_target_regex(entries).fullmatch(name) is not None
     return any(matches(name, e) for e in entries)
 
 
