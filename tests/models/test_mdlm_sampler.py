@@ -149,3 +149,37 @@ def test_methods_on_token_embeddings_are_refused_clearly(method):
         model = nara.add_adapters(MDLMModel(tiny_mdlm_config()), _config(method))
         with nara.noise_level(model, torch.tensor([0.5])):
             model(torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_mdlm_loss_is_the_released_continuous_time_nelbo():
+    """Per sample: Σ over masked tokens of −log p(x₀) · dσ/expm1(σ) at MDLM's t' = (1 − ε)t + ε,
+    with σ(t) = −log(1 − (1 − ε)t) and dσ = (1 − ε)/(1 − (1 − ε)t) (the released log-linear
+    schedule), computed here from the masked positions and log-probabilities the loss used."""
+    torch.manual_seed(0)
+    model = MDLMModel(tiny_mdlm_config()).eval()
+    ids = torch.randint(0, 127, (3, 12), generator=torch.Generator().manual_seed(1))
+    maskable = torch.ones_like(ids, dtype=torch.bool)
+    t = torch.tensor([0.05, 0.5, 0.95])
+    out = diffusion_loss(model, ids, maskable, 127, t=t, generator=torch.Generator().manual_seed(2))
+    eps = 1e-3
+    t_mdlm = (1 - eps) * t + eps
+    sigma = -torch.log1p(-(1 - eps) * t_mdlm)
+    dsigma = (1 - eps) / (1 - (1 - eps) * t_mdlm)
+    noisy = ids.masked_fill(out.masked, 127)
+    with torch.no_grad():
+        log_p = model(noisy).logits.gather(-1, ids[..., None]).squeeze(-1)  # (B, T)
+    expected = (-log_p * out.masked).sum(-1) * (dsigma / torch.expm1(sigma))
+    torch.testing.assert_close(out.sample_loss, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.p, (1 - eps) * t_mdlm)
+    linear = diffusion_loss(
+        model,
+        ids,
+        maskable,
+        127,
+        t=t,
+        generator=torch.Generator().manual_seed(2),
+        schedule="linear",
+    )
+    torch.testing.assert_close(linear.p, (1 - eps) * t + eps)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        diffusion_loss(model, ids, maskable, 127, schedule="cosine")

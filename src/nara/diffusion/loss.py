@@ -18,6 +18,7 @@ from nara.diffusion._model import check_token_id, denoise
 from nara.diffusion.masking import EPS, forward_process, local_mask_density, masked_fraction
 
 NORMALIZATIONS = ("answer_length", "token", "batch")
+SCHEDULES = ("linear", "loglinear")
 
 
 @dataclass
@@ -107,6 +108,22 @@ def _check_inputs(
         )
 
 
+def _loglinear_time(
+    model: torch.nn.Module, schedule: str | None, t: torch.Tensor, eps: float
+) -> torch.Tensor | None:
+    """MDLM's time t' = (1 − ε)·t + ε (B,) on the log-linear schedule (docs/backbones.md);
+    None on the linear one. ``schedule`` None: the model family's."""
+    if schedule is None:
+        from nara.models.families import noise_schedule
+
+        schedule = noise_schedule(model)
+    if schedule not in SCHEDULES:
+        raise ValueError(
+            f"schedule must be one of {SCHEDULES} (or None: the family's), got {schedule!r}"
+        )
+    return (1.0 - eps) * t + eps if schedule == "loglinear" else None
+
+
 def diffusion_loss(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -118,6 +135,7 @@ def diffusion_loss(
     eps: float = EPS,
     t: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    schedule: str | None = None,
 ) -> LossOutput:
     """LLaDA's masked-diffusion loss with the noise context set for noise-aware adapters.
 
@@ -146,6 +164,10 @@ def diffusion_loss(
         eps: floor of the masking probability.
         t: optional float (B,) noise times in [0, 1]; drawn from U(0, 1) when None.
         generator: optional RNG for t and the mask.
+        schedule: ``"linear"`` (LLaDA, the above) or ``"loglinear"`` (MDLM's continuous-time
+            NELBO: t' = (1 − ε)·t + ε, masking probability (1 − ε)·t', and each masked token's
+            CE weighted by dσ/expm1(σ) = 1/t' instead of 1/p); None: the model family's
+            (log-linear for MDLM, linear otherwise).
 
     Returns:
         :class:`LossOutput`.
@@ -160,9 +182,22 @@ def diffusion_loss(
     maskable = maskable.bool()
     if t is None:
         t = torch.rand(input_ids.shape[0], device=input_ids.device, generator=generator)
-    noisy, masked, p = forward_process(
-        input_ids, maskable, mask_token_id, t=t, eps=eps, generator=generator
-    )
+    t_nelbo = _loglinear_time(model, schedule, t, eps)  # None on the linear schedule
+    if t_nelbo is None:  # p = (1 − ε)t + ε; each masked CE divided by p
+        noisy, masked, p = forward_process(
+            input_ids, maskable, mask_token_id, t=t, eps=eps, generator=generator
+        )
+        weight = p
+    else:  # p = (1 − ε)t'; each masked CE divided by t' (times dσ/expm1(σ) = 1/t')
+        noisy, masked, p = forward_process(
+            input_ids,
+            maskable,
+            mask_token_id,
+            t=(1.0 - eps) * t_nelbo,
+            eps=0.0,
+            generator=generator,
+        )
+        weight = t_nelbo
     lam = masked_fraction(masked, maskable)  # (B,)
     density = local_mask_density(masked, maskable)  # (B,)
     prompt = ~maskable if attention_mask is None else attention_mask.bool() & ~maskable
@@ -173,7 +208,7 @@ def diffusion_loss(
     targets = input_ids[masked]  # (N,)
     ce = F.cross_entropy(masked_logits, targets, reduction="none")  # (N,)
     b = input_ids.shape[0]
-    sample_loss = torch.zeros(b, device=ce.device).index_add(0, rows, ce / p[rows])  # (B,)
+    sample_loss = torch.zeros(b, device=ce.device).index_add(0, rows, ce / weight[rows])
     n_maskable = maskable.sum(-1).float()  # (B,)
     if normalization == "answer_length":
         loss = (sample_loss / n_maskable.clamp_min(1.0)).mean()

@@ -47,6 +47,8 @@ class Family:
         tokenizer_class: the transformers class that reads the family's tokenizer files when
             they name a remote-code class (Dream ships Qwen2's byte-level BPE as
             ``DreamTokenizer``); None: ``AutoTokenizer``.
+        noise_schedule: the training objective's schedule (:func:`nara.diffusion.diffusion_loss`):
+            ``"linear"`` (LLaDA's) or ``"loglinear"`` (MDLM's continuous-time NELBO).
     """
 
     model_class: type[PreTrainedModel]
@@ -54,6 +56,7 @@ class Family:
     sampler: str
     hub_ids: tuple[str, ...]
     tokenizer_class: type[PreTrainedTokenizerBase] | None = None
+    noise_schedule: str = "linear"
 
 
 # Keyed by the lower-cased ``model_type`` of the released config.json.
@@ -71,7 +74,9 @@ FAMILIES: dict[str, Family] = {
         ("Dream-org/Dream-v0-Base-7B", "Dream-org/Dream-v0-Instruct-7B"),
         Qwen2Tokenizer,
     ),
-    "mdlm": Family(MDLMModel, ALIGNED, "mdlm", ("kuleshov-group/mdlm-owt",)),
+    "mdlm": Family(
+        MDLMModel, ALIGNED, "mdlm", ("kuleshov-group/mdlm-owt",), noise_schedule="loglinear"
+    ),
 }
 
 
@@ -143,8 +148,17 @@ def token_logits(model: Any, logits: torch.Tensor) -> torch.Tensor:
     return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
+def _family(model: Any) -> Family | None:
+    return FAMILIES.get(str(getattr(_config(model), "model_type", "")).lower())
+
+
+def noise_schedule(model: Any) -> str:
+    """The training schedule of the model's family; ``"linear"`` for other models."""
+    family = _family(model)
+    return "linear" if family is None else family.noise_schedule
+
+
 def default_sampler(model: Any) -> str:
     """The sampler released with the model's family; ``"llada"`` for other models."""
-    config = _config(model)
-    family = FAMILIES.get(str(getattr(config, "model_type", "")).lower())
+    family = _family(model)
     return "llada" if family is None else family.sampler
