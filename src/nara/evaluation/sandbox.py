@@ -17,8 +17,9 @@ mount namespaces with a minimal root (read-only system directories and interpret
 private /tmp as the only writable place, nothing of the project, the data or any home), no
 capabilities, resource limits and, when the evaluator is root, an unprivileged uid. Without user
 namespaces the level is ``reduced`` (root evaluator: a dedicated uid protects your files, but
-the host is readable and the network is only blocked in-process) or ``none`` (the program runs as
-you). ``SandboxLimits(mode="strict")`` refuses both; ``"auto"`` warns once per process.
+the host is readable; a seccomp filter refuses network sockets where the kernel allows it) or
+``none`` (the program runs as you). ``SandboxLimits(mode="strict")`` refuses both; ``"auto"``
+warns once per process.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from pathlib import Path
 from typing import Literal
 
 Status = Literal["passed", "failed", "timed_out", "crashed"]
-Level = Literal["full", "reduced", "none"]
 
 _BOOT_SOURCE = (Path(__file__).with_name("_sandbox_boot.py")).read_text(encoding="utf-8")
 _NAMESPACES = ["--user", "--map-root-user", "--net", "--pid", "--ipc", "--uts", "--fork"]
