@@ -58,7 +58,6 @@ sys.settrace(jump)
     "sys.exit(0) while loading": "import sys\nsys.exit(0)\n",
     "exit from inside the call": "import os\ndef f(x):\n    os._exit(0)\n",
     "kill the judge": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
-    "kill everything it can": "import os, signal\nos.kill(-1, signal.SIGKILL)\n",
     "always-equal object": "class Eq:\n    __eq__ = lambda s, o: True\n    __sub__ = lambda s, o: 0\n"
     "def f(x):\n    return Eq()\n",
     "always-equal int subclass": "class Eq(int):\n    __eq__ = lambda s, o: True\n"
@@ -74,6 +73,13 @@ def test_the_correct_solution_passes():
 def test_attack_does_not_pass(attack):
     result = run_test(CodeTest(WRONG + ATTACKS[attack], TESTS), LIMITS)
     assert result.status != "passed", (attack, result)
+
+
+@pytest.mark.skipif(isolation()["level"] != "full", reason="kill(-1) outside a PID namespace")
+def test_killing_everything_it_can_does_not_pass():
+    """Only inside a PID namespace: elsewhere kill(-1) would hit the caller's own processes."""
+    attack = "import os, signal\nos.kill(-1, signal.SIGKILL)\n"
+    assert run_test(CodeTest(WRONG + attack, TESTS), LIMITS).status != "passed"
 
 
 def test_reading_the_judge_is_denied():
