@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nara.models import MDLMModel, load_model, tiny_mdlm_config
+from nara.models import MDLMModel, load_model, mdlm_tokenizer, tiny_mdlm_config
 
 DATA = Path(__file__).parent / "data"
 MASK = 63
@@ -97,3 +97,33 @@ def test_inputs_embeds_and_bad_configs_are_refused():
         tiny_mdlm_config(n_heads=3)
     with pytest.raises(ValueError, match="mask_token_id"):
         tiny_mdlm_config(mask_token_id=128)
+
+
+def _gpt2_like(folder: Path) -> int:
+    """A small byte-level BPE tokenizer whose last token is GPT-2's <|endoftext|>; its size."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2TokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["What is 3 + 4? It is 7."] * 20, vocab_size=300, min_frequency=1)
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer)
+    tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
+    tokenizer.save_pretrained(folder)
+    return len(tokenizer)
+
+
+def test_mdlm_tokenizer_appends_the_mask_token_and_loads_with_the_model(tmp_path):
+    from transformers import AutoTokenizer
+
+    n = _gpt2_like(tmp_path / "gpt2")
+    model = MDLMModel(tiny_mdlm_config(vocab_size=n + 1))  # the mask token last: n
+    tokenizer = mdlm_tokenizer(AutoTokenizer.from_pretrained(tmp_path / "gpt2"), model.config)
+    assert tokenizer.mask_token_id == n and len(tokenizer) == n + 1
+    model.save_pretrained(tmp_path / "mdlm")
+    tokenizer.save_pretrained(tmp_path / "mdlm")
+    loaded = load_model(tmp_path / "mdlm")
+    assert loaded.mask_token_id == loaded.tokenizer.mask_token_id == n
+    assert loaded.tokenizer.decode(loaded.tokenizer("It is 7.")["input_ids"]) == "It is 7."
+    wrong = tiny_mdlm_config(vocab_size=n + 5)
+    with pytest.raises(ValueError, match=f"expects mask id {n + 4}"):
+        mdlm_tokenizer(AutoTokenizer.from_pretrained(tmp_path / "gpt2"), wrong)

@@ -4,7 +4,7 @@ from nara.models.dream import DreamConfig, DreamModel, tiny_dream_config
 from nara.models.families import FAMILIES, logit_convention, token_logits
 from nara.models.llada import LLaDAConfig, LLaDAModelLM, tiny_config
 from nara.models.loading import LoadedModel, load_model
-from nara.models.mdlm import MDLMConfig, MDLMModel, tiny_mdlm_config
+from nara.models.mdlm import MDLMConfig, MDLMModel, mdlm_tokenizer, tiny_mdlm_config
 
 __all__ = [
     "FAMILIES",
@@ -17,6 +17,7 @@ __all__ = [
     "MDLMModel",
     "load_model",
     "logit_convention",
+    "mdlm_tokenizer",
     "tiny_config",
     "tiny_dream_config",
     "tiny_mdlm_config",

@@ -27,7 +27,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForMaskedLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MaskedLMOutput
@@ -312,6 +318,31 @@ def subs_log_probs(
     kept = input_ids != mask_token_id  # (B, T)
     carried = torch.full_like(log_probs, NEG_INFINITY).scatter(-1, input_ids[..., None], 0.0)
     return torch.where(kept[..., None], carried, log_probs)
+
+
+def mdlm_tokenizer(gpt2: PreTrainedTokenizerBase, config: MDLMConfig) -> PreTrainedTokenizerBase:
+    """GPT-2's tokenizer with MDLM's mask token appended, as MDLM was trained with it.
+
+    The released checkpoint ships no tokenizer files; build them once and save them next to the
+    weights, so ``nara.load_model`` and the CLI find them::
+
+        gpt2 = AutoTokenizer.from_pretrained("gpt2")
+        mdlm_tokenizer(gpt2, model.config).save_pretrained(model_folder)
+
+    Raises:
+        ValueError: the mask token would not land on ``config.mask_token_id`` (a tokenizer that
+            is not GPT-2's, or a config with another vocabulary).
+    """
+    gpt2.add_special_tokens({"mask_token": "[MASK]"})
+    if gpt2.mask_token_id != config.mask_token_id or len(gpt2) != config.vocab_size:
+        raise ValueError(
+            f"appending [MASK] to this tokenizer gives id {gpt2.mask_token_id} and {len(gpt2)} "
+            f"tokens, but the MDLM config expects mask id {config.mask_token_id} of "
+            f"{config.vocab_size}; pass GPT-2's tokenizer (MDLM appends its mask token to it)"
+        )
+    if gpt2.pad_token is None:
+        gpt2.pad_token = gpt2.eos_token
+    return gpt2
 
 
 def tiny_mdlm_config(**overrides: Any) -> MDLMConfig:
