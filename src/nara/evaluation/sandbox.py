@@ -263,8 +263,9 @@ def check_isolation(limits: SandboxLimits | None = None) -> dict[str, str]:
     message = (
         f"nara sandbox: REDUCED ISOLATION (level {iso['level']!r}): {iso['reason']}; {what}. "
         "Enable unprivileged user namespaces (sysctl user.max_user_namespaces > 0, "
-        "kernel.unprivileged_userns_clone=1, or a container seccomp profile that allows "
-        "unshare), or evaluate code only from models you trust"
+        "kernel.unprivileged_userns_clone=1, kernel.apparmor_restrict_unprivileged_userns=0, "
+        "or a container seccomp profile that allows unshare), or evaluate code only from "
+        "models you trust"
     )
     if limits.mode == "strict":
         raise SandboxUnavailable(f"{message}. Refusing to run code in strict mode.")
