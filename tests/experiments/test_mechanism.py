@@ -264,6 +264,13 @@ def test_experiment_command_runs_reports_and_resumes(tiny_model_dir, tmp_path, c
         diff = np.subtract(by["nara"], by["lora"])  # paired by seed
         got = summary["teachers"][kind]["nara"]["minus_lora"]
         assert got == pytest.approx([diff.mean(), diff.std(ddof=1)])
+        if kind == "step":  # nara's KL on the step teacher minus its KL on the control
+            ctrl = [
+                r["overall"] for r in runs if (r["teacher"], r["method"]) == ("control", "nara")
+            ]
+            diff = np.subtract(by["nara"], ctrl)
+            got = summary["teachers"]["step"]["nara"]["minus_control"]
+            assert got == pytest.approx([diff.mean(), diff.std(ddof=1)])
         base = json.loads((root / kind / "teacher.json").read_text())
         assert summary["teachers"][kind]["base"]["overall"][0] == base["overall"] > 0
     assert (root / "mechanism.png").stat().st_size > 0

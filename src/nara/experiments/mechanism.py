@@ -19,8 +19,8 @@ The angle θ(λ) defines the teacher:
 - ``smooth``:  θ = (π/2)·λ, the update rotates continuously from ΔW_a (λ = 0) to ΔW_b (λ = 1);
 - ``control``: θ = 0 at every λ, ΔW = B·A: nothing to gain from knowing λ.
 
-ΔW_b − ΔW_a = B·(R(π/2) − I)·A is as large as the update itself, so one static update cannot
-serve both halves. The teacher is built with nara's own adapter core: a NaRA layer (y = x·Wᵀ +
+‖ΔW_b − ΔW_a‖ = ‖B·(R(π/2) − I)·A‖ = √2·‖ΔW_a‖ (R(π/2) − I is √2 times an orthogonal matrix),
+so one static update cannot serve both halves. The teacher is built with nara's own adapter core: a NaRA layer (y = x·Wᵀ +
 x·Aᵀ·R(θ(λ))ᵀ·Bᵀ, scale 1) whose hypernetwork is replaced by :class:`RotationSchedule`, so λ
 reaches it through ``nara.noise_level`` exactly as it reaches the students.
 
@@ -36,6 +36,9 @@ Loss and metric. KL(teacher ‖ student) of the predicted token distributions, a
 masked positions of a chunk; training minimises its batch mean. The report gives, per λ bin, the
 mean over held-out chunks of that per-chunk KL, and overall the mean over every (chunk, bin);
 then mean ± sample std (ddof 1) over seeds. ``base`` (no adapter) is the base → teacher KL.
+
+Runs are short, so resuming is per run: one with ``metrics.json`` is skipped, an interrupted
+one starts again.
 
     nara experiment configs/experiments/mechanism.yaml            # resumable
     nara experiment configs/experiments/mechanism.yaml --dry-run  # the runs
@@ -564,8 +567,9 @@ def read_rows(mech: Mechanism) -> list[dict[str, Any]]:
 
 
 def summarize(mech: Mechanism, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per teacher and student: per-bin and overall KL, mean and std over seeds (ddof 1), and
-    each student's overall KL minus the first student's, paired by seed (``minus_<first>``)."""
+    """Per teacher and student: per-bin and overall KL, mean and std over seeds (ddof 1); each
+    student's overall KL minus the first student's (``minus_<first>``) and, for a λ-dependent
+    teacher, minus its own KL on the control teacher (``minus_control``), paired by seed."""
     from nara.experiments.runner import mean_std
 
     reference = next(iter(mech.students))
@@ -594,15 +598,28 @@ def summarize(mech: Mechanism, rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "bins": [list(mean_std(list(col))) for col in bins.T],
                 "per_seed_overall": [r["overall"] for r in mine],
             }
-        ref = entry.get(reference)
         for label, e in entry.items():
-            pairs = dict(zip(ref["seeds"], ref["per_seed_overall"])) if ref else {}
-            diffs = [v - pairs[s] for s, v in zip(e["seeds"], e.get("per_seed_overall", []))
-                     if s in pairs]  # fmt: skip
-            if label != reference and diffs:
-                e[f"minus_{reference}"] = list(mean_std(diffs))
+            if label != reference:
+                _paired(e, entry.get(reference), f"minus_{reference}")
         out["teachers"][kind] = entry
+    control = out["teachers"].get("control", {})
+    for kind, entry in out["teachers"].items():
+        for label, e in entry.items():
+            if kind != "control":
+                _paired(e, control.get(label), "minus_control")
     return out
+
+
+def _paired(entry: dict[str, Any], other: dict[str, Any] | None, key: str) -> None:
+    """Set ``entry[key]`` to mean ± std over seeds of entry − other (overall KL), paired by
+    seed, when they share seeds."""
+    from nara.experiments.runner import mean_std
+
+    pairs = dict(zip(other["seeds"], other.get("per_seed_overall", []))) if other else {}
+    diffs = [v - pairs[s] for s, v in zip(entry["seeds"], entry.get("per_seed_overall", []))
+             if s in pairs]  # fmt: skip
+    if diffs:
+        entry[key] = list(mean_std(diffs))
 
 
 def _cell(pair: list[float | None], digits: int = 4) -> str:
@@ -616,7 +633,8 @@ def render(mech: Mechanism, summary: dict[str, Any]) -> str:
     labels = list(dict.fromkeys(label for k in teachers for label in summary["teachers"][k]))
     seeds = ", ".join(map(str, mech.seeds))
     lines = [f"KL(teacher ‖ student) per masked token on held-out chunks, all λ bins, mean ± std "
-             f"over seeds {seeds} ({BASE_LABEL}: the base model, no adapter).", "",
+             f"over the finished seeds of {seeds} (a cell without ± has one; {BASE_LABEL}: the "
+             "base model, no adapter).", "",
              "| student | trainable params | " + " | ".join(teachers) + " |",
              "|---|---:|" + "---:|" * len(teachers)]  # fmt: skip
     for label in labels:
@@ -634,6 +652,18 @@ def render(mech: Mechanism, summary: dict[str, Any]) -> str:
         if any(key in e for e in entries):
             cells = [_cell(e[key]) if key in e else "–" for e in entries]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    dependent = [k for k in teachers if k != "control"]
+    if "control" in teachers and dependent:
+        lines += ["", "The cost of λ-dependence: each student's overall KL on a λ-dependent "
+                  "teacher minus its own KL on the control (same ‖ΔW‖, same A and B), paired by "
+                  "seed.", "", "| student | " + " | ".join(dependent) + " |",
+                  "|---|" + "---:|" * len(dependent)]  # fmt: skip
+        for label in labels:
+            entries = [summary["teachers"][k].get(label) or {} for k in dependent]
+            if any("minus_control" in e for e in entries):
+                cells = [_cell(e["minus_control"]) if "minus_control" in e else "–"
+                         for e in entries]  # fmt: skip
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
     bins = mech.evaluation["bins"]
     for kind in teachers:
         entry = summary["teachers"][kind]
