@@ -131,6 +131,9 @@ def test_reduced_level_cleans_up_and_kills_daemons(no_namespaces):
     marker = f"nara-rdm-{os.getpid() % 10000}"
     daemon = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
     daemon += "        time.sleep(60)\n    os._exit(0)\n"
+    if isolation()["network_mode"] == "seccomp":  # then it cannot kill the judge to escape it
+        daemon += "import signal\nfor pid in (os.getppid(), 0, -1):\n    try:\n"
+        daemon += "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\n"
     assert run_program(name_processes(marker) + daemon, LIMITS).status == "passed"
     time.sleep(0.5)
     assert survivors(marker) == []

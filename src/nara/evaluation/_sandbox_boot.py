@@ -36,7 +36,11 @@ _MNT_DETACH = 2
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS, _PR_SET_SECUREBITS = 4, 38, 28
 _PR_SET_CHILD_SUBREAPER, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 36, 22, 2
-_SECCOMP_ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}  # (audit arch, socket)
+_SECCOMP_ARCH = {  # audit arch, socket, then kill, tkill, tgkill, rt_(tg)sigqueueinfo, pidfd_open
+    "x86_64": (0xC000003E, 41, (62, 200, 234, 129, 297, 434)),
+    "aarch64": (0xC00000B7, 198, (129, 130, 131, 138, 240, 434)),
+}
+_ALLOW, _DENY, _KILL = 0x7FFF0000, 0x00050000 | 1, 0x80000000  # seccomp: allow, EPERM, kill
 _SECBIT_NOROOT_AND_LOCK = 0x3  # exec as uid 0 grants no capabilities, and that is locked
 _SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _DEVICES = ("null", "zero", "full", "random", "urandom")
@@ -277,7 +281,7 @@ def serve_solution(job: dict, read_fd: int, write_fd: int) -> None:
 
     channel = Channel(read_fd, write_fd, handle_of, objects.__getitem__)
     if job["network"] == "seccomp":
-        _deny_sockets(ctypes.CDLL(None, use_errno=True))
+        _seccomp(ctypes.CDLL(None, use_errno=True), os.getppid())
     elif job["network"] == "in-process":
         _block_sockets()
     builtins.exit = builtins.quit = sys.exit  # what ``site`` would provide (we run with -S)
@@ -339,41 +343,80 @@ def _flush_and_exit(channel, message) -> None:
     os._exit(0)
 
 
-def _deny_sockets(libc) -> None:
-    """Without a network namespace: a seccomp filter makes every non-unix socket() fail (EPERM).
+def _seccomp(libc, judge: int) -> None:
+    """Without namespaces: a seccomp filter for the solution and everything it starts.
 
-    Also refused: io_uring (it can open sockets) and, on x86-64, the x32 syscall numbers; a
-    syscall of another architecture kills the process. The filter cannot be removed and is
-    inherited by every child.
+    Refused (EPERM): ``socket()`` of any family but unix; signals (kill, tkill, tgkill,
+    rt_(tg)sigqueueinfo, pidfd_open) aimed at the judge, at a process group (pid <= 0) or at
+    everyone (-1), so the judge lives to kill what the solution started; pidfd_send_signal;
+    io_uring (it can open sockets); on x86-64 the x32 syscall numbers. A syscall of another
+    architecture kills the process. The filter cannot be removed.
     """
-    arch, socket_nr = _SECCOMP_ARCH[os.uname().machine]
-    deny, allow, kill = 0x00050000 | 1, 0x7FFF0000, 0x80000000  # ERRNO(EPERM), ALLOW, KILL
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    arch, socket_nr, signal_nrs = _SECCOMP_ARCH[os.uname().machine]
+    ld, jeq, jge = 0x20, 0x15, 0x35
     program = [
-        (ld, 0, 0, 4),  # A = arch
-        (jeq, 1, 0, arch),
-        (ret, 0, 0, kill),
-        (ld, 0, 0, 0),  # A = syscall number
-        (jge, 4, 0, 0x40000000),  # x32 ABI: deny
-        (jeq, 3, 0, 425),  # io_uring_setup: deny
-        (jeq, 0, 3, socket_nr),  # any other syscall: allow
-        (ld, 0, 0, 16),  # A = low word of the first argument: the address family
-        (jeq, 1, 0, 1),  # AF_UNIX: allow
-        (ret, 0, 0, deny),
-        (ret, 0, 0, allow),
+        (ld, 4),  # A = audit arch
+        (jeq, arch, None, "kill"),
+        (ld, 0),  # A = syscall number
+        (jge, 0x40000000, "deny", None),  # x32 ABI
+        (jeq, 425, "deny", None),  # io_uring_setup
+        (jeq, 424, "deny", None),  # pidfd_send_signal
+        (jeq, socket_nr, "socket", None),
+        *((jeq, number, "signal", None) for number in signal_nrs),
+        _ALLOW,  # any other syscall
+        "socket",
+        (ld, 16),  # A = low word of the first argument: the address family
+        (jeq, 1, "allow", "deny"),  # AF_UNIX
+        "signal",
+        (ld, 16),  # A = the target pid (a 32-bit int)
+        (jeq, judge, "deny", None),
+        (jeq, 0, "deny", None),
+        (jge, 0x80000000, "deny", "allow"),  # negative: a process group, or -1: everyone
+        "deny",
+        _DENY,
+        "kill",
+        _KILL,
+        "allow",
+        _ALLOW,
     ]
-
-    class Filter(ctypes.Structure):
-        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte)]
-        _fields_ += [("k", ctypes.c_uint32)]
-
-    class Program(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
-
-    filters = (Filter * len(program))(*(Filter(*f) for f in program))
-    fprog = Program(len(program), filters)
+    filters = _assemble(program)
+    fprog = _SockFprog(len(filters), filters)
     if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "seccomp filter")
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte)]
+    _fields_ += [("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _assemble(program: list):
+    """Classic BPF from rows: a label (str), a return value (int), (load, offset) or
+    (jump, k, true_label, false_label) where None falls through to the next row."""
+    rows = [row for row in program if not isinstance(row, str)]
+    labels, index = {}, 0
+    for row in program:
+        if isinstance(row, str):
+            labels[row] = index
+        else:
+            index += 1
+    filters = (_SockFilter * len(rows))()
+    for i, row in enumerate(rows):
+        if isinstance(row, int):
+            filters[i] = _SockFilter(0x06, 0, 0, row)  # BPF_RET | BPF_K
+        elif len(row) == 2:
+            filters[i] = _SockFilter(row[0], 0, 0, row[1])
+        else:
+            code, k, true, false = row
+            jt, jf = (labels[t] - i - 1 if t else 0 for t in (true, false))
+            if not (0 <= jt < 256 and 0 <= jf < 256):
+                raise SetupError(f"seccomp program: jump from row {i} is not forward and short")
+            filters[i] = _SockFilter(code, jt, jf, k)
+    return filters
 
 
 def _block_sockets() -> None:

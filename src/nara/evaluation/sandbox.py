@@ -231,7 +231,11 @@ def isolation_report(sandbox_uid: int = 65534) -> dict[str, str]:
         "level": str(iso["level"]),
         "filesystem": files,
         "network": str(iso["network"]),
-        "processes": "PID namespace" if iso["namespaces"] else "killed by the judge (subreaper)",
+        "processes": "PID namespace"
+        if iso["namespaces"]
+        else "killed by the judge (subreaper), which the program cannot signal"
+        if iso["network_mode"] == "seccomp"
+        else "killed by the judge (subreaper)",
         "reason": str(iso["reason"]),
     }
 
