@@ -332,9 +332,30 @@ def test_prefix_tuning_equals_hand_written_attention_and_padding_changes_nothing
             torch.testing.assert_close(together[1:, where], alone[1], atol=1e-5, rtol=1e-5)
 
 
+def test_prefix_vocab_init_is_the_cache_of_real_tokens():
+    """1 layer: the prefix model on x equals the base model on [w; x], w the n random tokens
+    whose keys and values initialised the prefix (found back through the value rows)."""
+    base = llada(n_layers=1)
+    config = nara.PrefixTuningConfig(num_virtual_tokens=4, init="vocab")
+    model = nara.add_adapters(llada(n_layers=1), config)
+    block = base.model.transformer["blocks"][0]
+    with torch.no_grad():
+        values = model.nara_hub.prefix().view(4, 2, 32)[:, 1]  # (n, H_kv·D), layer 0
+        every = block.v_proj(block.attn_norm(base.get_input_embeddings().weight))  # (V, H_kv·D)
+        w = torch.cdist(values, every).argmin(1)
+        torch.testing.assert_close(every[w], values, rtol=0, atol=1e-6)
+        x = ids()
+        expected = base(torch.cat([w.expand(2, -1), x], 1)).logits[:, 4:]
+        torch.testing.assert_close(model(x).logits, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="use init='random' with prefix_projection"):
+        nara.PrefixTuningConfig(prefix_projection=True, init="vocab")
+
+
 @pytest.mark.parametrize("projection", [False, True], ids=["direct", "projection"])
 def test_prefix_tuning_trains_only_the_prefix_and_round_trips(projection, tmp_path):
-    config = nara.PrefixTuningConfig(num_virtual_tokens=4, prefix_projection=projection)
+    config = nara.PrefixTuningConfig(
+        num_virtual_tokens=4, prefix_projection=projection, init="random" if projection else "vocab"
+    )
     model = nara.add_adapters(llada(), config)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("nara_hub.prefix.") for n in trainable)

