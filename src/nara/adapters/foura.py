@@ -13,7 +13,8 @@ noise embedding (the noise condition, one conditioner per layer in the NoiseHub,
 forward), G (r, r) and U (r, dim e) start at zero and b at ``gate_init``, so every rank is open at
 the start and, B being zero, the model starts unchanged. ``gate="hard"`` rounds g to a 0/1 rank
 mask in the forward pass and lets gradients through the sigmoid (straight-through estimator);
-``"soft"`` uses the sigmoid itself.
+``"soft"`` uses the sigmoid itself. The paper's gate is a learned, input-dependent rank mask; this
+one also reads λ, the diffusion noise level, and its exact form is the one written above.
 
 Computation: F is linear, so A·F_in = DFT of A's rows and F_out⁻¹·B = inverse DFT of B's
 columns; the layer transforms A and B once per forward instead of every token, and runs the rest
