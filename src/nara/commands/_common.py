@@ -1,12 +1,15 @@
 """Pieces shared by the inference subcommands: model + adapter loading and the sampler call.
 
 Prompts are formatted by :func:`nara.data.collate.encode_prompt`, the function training uses,
-so a fine-tuned adapter is sampled with exactly the prompt layout it was trained on.
+so a fine-tuned adapter is sampled with exactly the prompt layout it was trained on: by default
+the model's prompt template (its tokenizer's chat template; the embedded model's
+``Question: ...\nAnswer:\n`` format), or the text untouched with ``--raw``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -15,7 +18,7 @@ from typing import Any
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --adapter, --device, --dtype, --chat-template."""
+    """--model, --adapter, --device, --dtype, --chat-template, --raw."""
     parser.add_argument(
         "--model", default="tiny", help="'tiny' (embedded), a LLaDA folder or a hub id"
     )
@@ -28,7 +31,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--chat-template",
         default="auto",
         choices=("auto", "always", "never"),
-        help="wrap prompts in the tokenizer's chat template (auto: when it has one)",
+        help="apply the model's prompt template: its tokenizer's chat template (LLaDA-8B-Instruct's; "
+        "the embedded model's 'Question: ...\\nAnswer:\\n'); auto: when it has one",
+    )
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="send the prompt text untouched, no template (= --chat-template never)",
     )
 
 
@@ -50,8 +59,9 @@ def add_sampler_arguments(parser: argparse.ArgumentParser, gen_length: int | Non
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument(
         "--sampler",
-        choices=("llada", "dream"),
-        help="LLaDA's block sampler or Dream's released one (default: the model family's)",
+        choices=("llada", "dream", "mdlm"),
+        help="LLaDA's block sampler, or Dream's or MDLM's released one (default: the model "
+        "family's)",
     )
     parser.add_argument("--top-p", type=float, help="nucleus filtering (Dream's sampler)")
     parser.add_argument("--top-k", type=int, help="top-k filtering (Dream's sampler)")
@@ -112,6 +122,12 @@ def check_inference_arguments(args: argparse.Namespace) -> str:
     """
     from nara.diffusion.sampling import check_length, check_settings, max_length
 
+    if args.raw:
+        if args.chat_template == "always":
+            raise ValueError(
+                "--raw sends prompts untouched; it cannot go with --chat-template always"
+            )
+        args.chat_template = "never"
     check_settings(
         args.gen_length,
         args.steps,
@@ -181,26 +197,26 @@ def make_generate_fn(
     """``fn(prompts, gen_length) -> answers``: left-padded batch through nara's sampler.
 
     ``steps`` above an answer length (a task with a shorter default) are lowered to that length,
-    with a one-line note on stderr the first time for each length.
+    with a one-line note on stderr the first time for each length. Sampling noise (temperature,
+    random remasking) is seeded per batch from ``seed`` and the batch's prompts
+    (:func:`nara.evaluation.runner.batch_seed`): batches draw different noise, and a batch draws the same noise whenever
+    it is generated, which keeps a resumed evaluation (it regenerates a cut batch whole) equal to
+    an uninterrupted one. Generations of ``PROGRESS_STEPS`` steps or more show their steps on a
+    terminal.
     """
     import torch
 
-    from nara.data.collate import encode_prompt
+    from nara.data.collate import encode_prompt_batch
     from nara.diffusion import generate
+    from nara.evaluation.runner import batch_seed
+    from nara.progress import model_steps
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     noted: set[int] = set()  # answer lengths whose too-many steps were already reported
 
     @torch.no_grad()
     def generate_fn(prompts: list[str], gen_length: int) -> list[str]:
-        encoded = [encode_prompt(tokenizer, p, chat_template=chat_template) for p in prompts]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)  # (B, P), left-padded
-        mask = torch.zeros_like(ids)
-        for row, e in enumerate(encoded):
-            ids[row, width - len(e) :] = torch.tensor(e)
-            mask[row, width - len(e) :] = 1
+        ids, mask = encode_prompt_batch(tokenizer, prompts, chat_template=chat_template)  # (B, P)
         steps_here = min(steps or gen_length, gen_length)
         if steps_here != (steps or gen_length) and gen_length not in noted:
             noted.add(gen_length)
@@ -209,26 +225,33 @@ def make_generate_fn(
                 f"{gen_length} steps (one token per step)",
                 file=sys.stderr,
             )
-        out = generate(
-            model,
-            ids.to(device),
-            mask.to(device),
-            mask_token_id=mask_token_id,
-            gen_length=gen_length,
-            steps=steps_here,
-            block_length=block_length,
-            temperature=temperature,
-            remasking=remasking,
-            eos_token_id=tokenizer.eos_token_id,
-            generator=torch.Generator(device=device).manual_seed(seed),
-            sampler=sampler,
-            top_p=top_p,
-            top_k=top_k,
-            alg_temp=alg_temp,
-        )
+        quiet = contextlib.nullcontext()
+        with model_steps(model, steps_here) if steps_here >= PROGRESS_STEPS else quiet:
+            out = generate(
+                model,
+                ids.to(device),
+                mask.to(device),
+                mask_token_id=mask_token_id,
+                gen_length=gen_length,
+                steps=steps_here,
+                block_length=block_length,
+                temperature=temperature,
+                remasking=remasking,
+                eos_token_id=tokenizer.eos_token_id,
+                generator=torch.Generator(device=device).manual_seed(
+                    batch_seed(seed, prompts, gen_length)
+                ),
+                sampler=sampler,
+                top_p=top_p,
+                top_k=top_k,
+                alg_temp=alg_temp,
+            )
         return tokenizer.batch_decode(out, skip_special_tokens=True)
 
     return generate_fn
+
+
+PROGRESS_STEPS = 64  # generations of this many steps or more show their steps on a terminal
 
 
 def generate_fn_from_args(

@@ -1,7 +1,10 @@
 """Sample answers from a model (optionally with a fine-tuned adapter) by iterative unmasking.
 
 The answer starts fully masked and is unmasked over --steps steps (LLaDA's sampler), in blocks
-of --block-length when set; noise-aware adapters see the masked fraction at every step.
+of --block-length when set; noise-aware adapters see the masked fraction at every step. The
+prompt goes in the model's prompt template (the tokenizer's chat template; the embedded model's
+"Question: ...\nAnswer:\n"), as in training; --raw sends it untouched. Generations of 64 steps
+or more show their steps on a terminal.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from nara.commands._common import (
 )
 
 EXAMPLES = """examples:
-  nara generate --prompt "What is 3 + 4?"
+  nara generate --prompt "What is 3 plus 4?"           # in the model's prompt template
+  nara generate --raw --prompt $'Question: What is 3 plus 4?\nAnswer:\n'   # text untouched
   nara generate --model tiny --adapter runs/demo/nara/final --prompt "..." --steps 16
   nara generate --model /models/LLaDA-8B-Instruct --adapter runs/math/final \\
       --prompt "Natalia sold clips to 48 friends..." --gen-length 256 --block-length 32"""

@@ -62,6 +62,22 @@ def encode_prompt(tokenizer: Any, prompt: str, *, chat_template: str = "auto") -
     return tokenizer(prompt)["input_ids"]
 
 
+def encode_prompt_batch(
+    tokenizer: Any, prompts: list[str], *, chat_template: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts formatted by :func:`encode_prompt` and left-padded for the sampler (which appends
+    the answer on the right): long ``input_ids`` (B, P) and ``attention_mask`` (B, P)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [encode_prompt(tokenizer, p, chat_template=chat_template) for p in prompts]
+    width = max(len(e) for e in encoded)
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)  # (B, P)
+    mask = torch.zeros_like(ids)
+    for row, e in enumerate(encoded):
+        ids[row, width - len(e) :] = torch.tensor(e, dtype=torch.long)
+        mask[row, width - len(e) :] = 1
+    return ids, mask
+
+
 def _answer_text(tokenizer: Any, prompt: str, answer: str, chat: bool) -> str:
     """The answer as it follows the prompt: the assistant turn's text when chat-wrapped."""
     if not chat:

@@ -4,6 +4,12 @@ LLM-Adapters (Hu et al. 2023), which the NaRA paper's commonsense and math bench
 prompts with the Alpaca instruction format, with or without an input block. Its scripts write the
 template as an indented triple-quoted string, so the released prompts carry stray indentation; we
 use the clean layout (the format, not the accidental whitespace).
+
+The embedded model's prompt template, ``Question: ...`` then ``Answer:`` on its own line
+(:func:`nara.data.corpus.render_prompt`), is also written as a chat template
+(:data:`EMBEDDED_CHAT_TEMPLATE`), which ``load_model("tiny")`` gives its tokenizer: generation,
+evaluation and training then apply it through the one chat-template path, as they apply
+LLaDA-8B-Instruct's.
 """
 
 from __future__ import annotations
@@ -32,3 +38,18 @@ def mbpp_prompt(text: str, tests: list[str]) -> str:
         f"You are an expert Python programmer, and here is your task: {text} "
         f"Your code should pass these tests:\n\n{joined}\n"
     )
+
+
+# A user turn becomes "Question: {text}\nAnswer:\n" (render_prompt's format) unless it is already
+# in that format (the embedded tasks' prompts are), so the template never wraps twice; the
+# assistant turn is the answer as is, right after the prompt.
+EMBEDDED_CHAT_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'user' -%}"
+    "{%- if m['content'].startswith('Question: ') and m['content'].endswith('\\nAnswer:\\n') -%}"
+    "{{ m['content'] }}"
+    "{%- else -%}{{ 'Question: ' + m['content'] + '\\nAnswer:\\n' }}{%- endif -%}"
+    "{%- elif m['role'] == 'assistant' -%}{{ m['content'] }}"
+    "{%- else -%}{{ m['content'] + '\\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+)

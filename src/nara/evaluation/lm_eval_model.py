@@ -29,7 +29,10 @@ class NaraLM(LM):
 
     model_args (all optional): pretrained ("tiny", a folder or a hub name), adapter (a folder
     saved by nara or PEFT), gen_length, steps, block_length, temperature, remasking, cfg_scale,
-    mc_samples (Monte-Carlo samples per loglikelihood request), batch_size, device, dtype.
+    mc_samples (Monte-Carlo samples per loglikelihood request), batch_size, device, dtype,
+    chat_template (auto: contexts get the model's prompt template, its tokenizer's chat
+    template or the embedded model's Question/Answer format, as in nara's training; never: sent
+    as they are, e.g. with lm-eval's own --apply_chat_template).
     In code, pass ``model``, ``tokenizer`` and ``mask_token_id`` directly instead of
     ``pretrained``.
     """
@@ -52,6 +55,7 @@ class NaraLM(LM):
         model: Any = None,
         tokenizer: Any = None,
         mask_token_id: int | None = None,
+        chat_template: str = "auto",
         **unused: Any,
     ) -> None:
         super().__init__()
@@ -78,8 +82,10 @@ class NaraLM(LM):
             temperature=float(temperature),
             remasking=remasking,
             cfg_scale=float(cfg_scale),
+            chat_template=chat_template,
         )
         self.default_gen_length = int(gen_length)
+        self.chat_template = chat_template
         self._generate = make_generate_fn(
             model, tokenizer, mask_token_id=mask_token_id, settings=settings
         )
@@ -101,11 +107,19 @@ class NaraLM(LM):
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """Monte-Carlo log p(continuation | context); is_greedy is always False (a masked
         diffusion model has no left-to-right greedy decode to compare with)."""
+        from nara.data.collate import encode_prompt, uses_chat_template
         from nara.diffusion import log_likelihood
 
+        templated = uses_chat_template(self.tokenizer, self.chat_template)
         prompts, answers = [], []
         for request in requests:
             context, continuation = request.args
+            if templated:  # the context as the model's prompt, the continuation as its answer
+                prompt = encode_prompt(self.tokenizer, context, chat_template=self.chat_template)
+                answer = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+                prompts.append(prompt)
+                answers.append(answer or [self.tokenizer.eos_token_id])
+                continue
             whole = self.tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
             prefix = self.tokenizer(context, add_special_tokens=False)["input_ids"]
             split = min(len(prefix), len(whole) - 1)  # keep at least one answer token

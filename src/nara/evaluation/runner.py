@@ -10,6 +10,7 @@ another run is refused, so reported numbers are always the run's own.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -32,7 +33,11 @@ class GenerationSettings:
     """Sampler settings passed to :func:`nara.diffusion.generate`.
 
     gen_length: tokens to generate (None = the task's default); steps: denoising steps (None =
-    gen_length); block_length: None = one block; the rest as in ``generate``.
+    gen_length); block_length: None = one block; chat_template: apply the model's prompt template
+    (``auto``: its tokenizer's chat template when it has one, the embedded model's
+    ``Question/Answer`` format; ``never``: prompts as they are; see
+    :func:`nara.data.collate.encode_prompt`); seed: of the sampling noise, drawn per batch
+    (:func:`batch_seed`); the rest as in ``generate``.
     """
 
     gen_length: int | None = None
@@ -42,6 +47,17 @@ class GenerationSettings:
     remasking: str = "low_confidence"
     cfg_scale: float = 0.0
     threshold: float | None = None
+    chat_template: str = "auto"
+    seed: int = 0
+
+
+def batch_seed(seed: int, prompts: list[str], gen_length: int) -> int:
+    """The seed of one batch's sampling noise: a hash of the run's seed, the prompts and the
+    answer length (63 bits). Different batches never share noise, and a batch generated again
+    draws the same, so a resumed run (which regenerates a cut batch whole) writes the rows of an
+    uninterrupted one."""
+    text = json.dumps([seed, gen_length, prompts], ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little") >> 1
 
 
 def make_generate_fn(
@@ -49,26 +65,27 @@ def make_generate_fn(
 ) -> GenerateFn:
     """A `generate_fn(prompts, gen_length) -> texts` that runs nara's sampler on `model`.
 
-    Prompts are tokenized with left padding (the sampler appends the answer on the right).
+    Prompts are formatted as in training (the model's prompt template unless
+    ``settings.chat_template`` is ``never``) and left-padded (the sampler appends the answer on
+    the right).
     """
     import torch
 
+    from nara.data.collate import encode_prompt_batch
     from nara.diffusion import generate
 
     settings = settings or GenerationSettings()
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    mode = settings.chat_template
 
     @torch.no_grad()
     def generate_fn(prompts: list[str], gen_length: int) -> list[str]:
         length = settings.gen_length or gen_length
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, mask = encode_prompt_batch(tokenizer, prompts, chat_template=mode)  # (B, P)
         device = next(model.parameters()).device
         out = generate(
             model,
-            batch["input_ids"].to(device),  # (B, P)
-            batch["attention_mask"].to(device),
+            ids.to(device),
+            mask.to(device),
             mask_token_id=mask_token_id,
             gen_length=length,
             steps=settings.steps or length,
@@ -78,6 +95,9 @@ def make_generate_fn(
             cfg_scale=settings.cfg_scale,
             eos_token_id=tokenizer.eos_token_id,
             threshold=settings.threshold,
+            generator=torch.Generator(device=device).manual_seed(
+                batch_seed(settings.seed, prompts, length)
+            ),
         )
         ids = getattr(out, "sequences", out)  # (B, gen_length)
         return tokenizer.batch_decode(ids, skip_special_tokens=True)

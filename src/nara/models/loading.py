@@ -9,7 +9,9 @@ checkpoint's own code only when the caller allows it, and only when its logit co
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -86,14 +88,40 @@ def load_model(
     if device is not None:
         placement["device_map"] = str(device)
     family = family_of(raw)
-    if family is not None:
-        model = _load_checked(family.model_class, path, **placement)
-    else:
-        model = _load_auto(path, trust_remote_code, logit_convention, **placement)
+    with _quiet_if_small(path):
+        if family is not None:
+            model = _load_checked(family.model_class, path, **placement)
+        else:
+            model = _load_auto(path, trust_remote_code, logit_convention, **placement)
     tokenizer = _load_tokenizer(path, trust_remote_code, family and family.tokenizer_class)
+    if path == str(TINY_DIR) and tokenizer is not None and not tokenizer.chat_template:
+        from nara.data.templates import EMBEDDED_CHAT_TEMPLATE
+
+        tokenizer.chat_template = EMBEDDED_CHAT_TEMPLATE  # its Question/Answer prompt format
     if mask_token_id is None:
         mask_token_id = _find_mask_token_id(model.config, tokenizer, path)
     return LoadedModel(model.eval(), tokenizer, mask_token_id)
+
+
+SMALL_MODEL_BYTES = 1 << 30  # local weights below this load in a blink: no progress bar
+
+
+@contextlib.contextmanager
+def _quiet_if_small(path: str) -> Iterator[None]:
+    """Hide transformers' "Loading weights" bar for a local model under 1 GiB of weights (the
+    embedded model's 8 MB load faster than the bar draws)."""
+    from transformers.utils import logging as hf_logging
+
+    folder = Path(path)
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else None
+    if size is None or size >= SMALL_MODEL_BYTES or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def _resolve(name_or_path: str | Path) -> str:
