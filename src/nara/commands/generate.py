@@ -20,7 +20,7 @@ from nara.commands._common import (
 
 EXAMPLES = """examples:
   nara generate --prompt "What is 3 plus 4?"           # in the model's prompt template
-  nara generate --raw --prompt $'Question: What is 3 plus 4?\nAnswer:\n'   # text untouched
+  nara generate --raw --prompt $'Question: What is 3 plus 4?\\nAnswer:\\n'   # text untouched
   nara generate --model tiny --adapter runs/demo/nara/final --prompt "..." --steps 16
   nara generate --model /models/LLaDA-8B-Instruct --adapter runs/math/final \\
       --prompt "Natalia sold clips to 48 friends..." --gen-length 256 --block-length 32"""
