@@ -57,9 +57,13 @@ def test_report_is_small_and_json_ready():
         assert report["reason"] == "" and report["filesystem"].startswith("minimal root")
 
 
+def expected_reduced_level() -> str:
+    """Without namespaces: "reduced" when a dedicated uid or Landlock protects files."""
+    return "reduced" if os.geteuid() == 0 or isolation()["landlock"] else "none"
+
+
 def test_reduced_level_warns_once_and_strict_refuses(no_namespaces):
-    level = "reduced" if os.geteuid() == 0 else "none"
-    assert isolation_report()["level"] == level
+    assert isolation_report()["level"] == expected_reduced_level()
     assert "forced off by the test" in isolation_report()["reason"]
     with pytest.raises(SandboxUnavailable, match="strict mode"):
         run_program("pass", SandboxLimits(mode="strict"))
@@ -76,7 +80,7 @@ def test_a_failing_probe_lowers_the_level_and_says_why(monkeypatch):
     isolation.cache_clear()
     try:
         report = isolation_report()
-        assert report["level"] == ("reduced" if os.geteuid() == 0 else "none")
+        assert report["level"] == expected_reduced_level()
         assert "full isolation fail" in report["reason"] and report["network"] != "namespace"
     finally:
         isolation.cache_clear()
@@ -141,6 +145,29 @@ def test_reduced_level_cleans_up_and_kills_daemons(no_namespaces):
 
 
 @pytest.mark.filterwarnings("ignore:nara sandbox")
+def test_landlock_hides_the_host_without_namespaces(no_namespaces):
+    if not isolation()["landlock"]:
+        pytest.skip("Landlock is not available on this kernel")
+    secrets = [sandbox.__file__, "/etc/passwd", os.path.expanduser("~/.bashrc"), "/tmp"]
+    if HAS_CODE_DATA:
+        secrets.append(str(data_dir() / "code" / "humaneval.jsonl"))
+    code = f"""
+import os
+reached = []
+for path in {secrets!r}:
+    try:
+        os.listdir(path) if os.path.isdir(path) else open(path, "rb").close()
+        reached.append(path)
+    except OSError:
+        pass
+open("own-file", "w").write("x")
+print("REPORT", reached, open("own-file").read())
+"""
+    result = run_program(code, LIMITS)
+    assert result.status == "passed" and "REPORT [] x" in result.stdout, result
+
+
+@pytest.mark.filterwarnings("ignore:nara sandbox")
 @pytest.mark.skipif(os.geteuid() != 0, reason="the dedicated uid applies to a root evaluator")
 def test_reduced_level_as_root_protects_the_callers_files(no_namespaces, tmp_path):
     target = tmp_path / "caller.txt"
@@ -175,6 +202,10 @@ out["full_run"] = sandbox.run_program(attack).stdout
 sandbox._probe_full = lambda python, uid: "forced off by the test"
 sandbox.isolation.cache_clear()
 out["reduced"] = sandbox.isolation_report()["level"]
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    out["reduced_run"] = sandbox.run_program(attack).stdout
+sandbox._warned.clear()
 try:
     sandbox.run_program("pass", sandbox.SandboxLimits(mode="strict"))
 except sandbox.SandboxUnavailable as err:
@@ -214,8 +245,12 @@ def test_ordinary_user_files_are_protected_or_the_run_refused():
             assert "READ" not in out["full_run"]
             assert (home / "secret.txt").read_text() == "ssh key"
             assert (home / ".bashrc").read_text() == "# rc\n"
-        assert out["reduced"] == "none"
-        assert "runs as YOU" in out["strict"] and "Refusing" in out["strict"]
+        if out["reduced"] == "reduced":  # Landlock: the home stays out of reach without namespaces
+            assert "READ" not in out["reduced_run"]
+            assert (home / "secret.txt").read_text() == "ssh key"
+        else:
+            assert out["reduced"] == "none" and "runs as YOU" in out["strict"]
+        assert "Refusing to run code in strict mode" in out["strict"]
         assert out["auto"] == "passed" and any("REDUCED ISOLATION" in w for w in out["warnings"])
     finally:
         shutil.rmtree(home)

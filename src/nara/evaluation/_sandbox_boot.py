@@ -40,6 +40,7 @@ _SECCOMP_ARCH = {  # audit arch, socket, then kill, tkill, tgkill, rt_(tg)sigque
     "x86_64": (0xC000003E, 41, (62, 200, 234, 129, 297, 434)),
     "aarch64": (0xC00000B7, 198, (129, 130, 131, 138, 240, 434)),
 }
+_LANDLOCK_CREATE_RULESET, _LANDLOCK_ADD_RULE, _LANDLOCK_RESTRICT_SELF = 444, 445, 446
 _ALLOW, _DENY, _KILL = 0x7FFF0000, 0x00050000 | 1, 0x80000000  # seccomp: allow, EPERM, kill
 _SECBIT_NOROOT_AND_LOCK = 0x3  # exec as uid 0 grants no capabilities, and that is locked
 _SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -75,24 +76,12 @@ def _minimal_root(libc, disk_bytes: int, inodes: int) -> None:
     """Pivot into a tmpfs root holding only read-only system dirs, the interpreter and /tmp."""
     root = "/tmp"  # private mount namespace: mounting here hides the host /tmp from us only
     _mount(libc, "tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
-    bound: list[str] = []
     for name in _SYSTEM_DIRS:
-        source = "/" + name
-        if os.path.islink(source):
-            os.symlink(os.readlink(source), root + source)
-        elif os.path.isdir(source):
-            os.mkdir(root + source)
-            _bind_readonly(libc, source, root + source)
-            bound.append(os.path.realpath(source))
-    prefixes = {
-        os.path.realpath(sys.base_prefix),
-        os.path.dirname(os.path.realpath(sys.executable)),
-    }
-    for source in sorted(prefixes):
-        if not any(source == b or source.startswith(b + "/") for b in bound):
-            os.makedirs(root + source)
-            _bind_readonly(libc, source, root + source)
-            bound.append(source)
+        if os.path.islink("/" + name):
+            os.symlink(os.readlink("/" + name), f"{root}/{name}")
+    for source in _readonly_sources():
+        os.makedirs(root + source)
+        _bind_readonly(libc, source, root + source)
     dev = root + "/dev"
     os.mkdir(dev)
     _mount(libc, "tmpfs", dev, "tmpfs", _MS_NOSUID | _MS_NOEXEC, "size=64k,mode=0755")
@@ -120,6 +109,51 @@ def _minimal_root(libc, disk_bytes: int, inodes: int) -> None:
     os.rmdir("/.old")
     _mount(libc, None, "/", None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
     os.chdir("/tmp")
+
+
+def _readonly_sources() -> list[str]:
+    """The directories a program may read: system directories and the interpreter's prefix."""
+    found = [os.path.realpath("/" + name) for name in _SYSTEM_DIRS]
+    found += [os.path.realpath(sys.base_prefix), os.path.dirname(os.path.realpath(sys.executable))]
+    found = sorted({path for path in found if os.path.isdir(path)})
+    return [p for p in found if not any(p.startswith(q + "/") for q in found if q != p)]
+
+
+def _landlock(libc, workdir: str) -> None:
+    """Without namespaces: Landlock limits the solution to reading system directories and the
+    interpreter, and to its own working folder; no TCP bind or connect, no signals or abstract
+    unix sockets outside its domain (as far as the kernel's Landlock version allows)."""
+    abi = libc.syscall(_LANDLOCK_CREATE_RULESET, None, 0, 1)  # flag 1: the ABI version
+    if abi < 1:
+        raise SetupError(f"Landlock unavailable: {os.strerror(ctypes.get_errno())}")
+    every = 0x1FFF | (0x2000 if abi >= 2 else 0) | (0x4000 if abi >= 3 else 0)
+    every |= 0x8000 if abi >= 5 else 0  # all filesystem rights this kernel knows
+    handled = (ctypes.c_uint64 * 3)(every, 0x3 if abi >= 4 else 0, 0x3 if abi >= 6 else 0)
+    size = 8 if abi < 4 else 16 if abi < 6 else 24
+    ruleset = libc.syscall(_LANDLOCK_CREATE_RULESET, ctypes.byref(handled), size, 0)
+    if ruleset < 0:
+        raise SetupError(f"Landlock ruleset: {os.strerror(ctypes.get_errno())}")
+    read, read_file, write_file = 0x1 | 0x4 | 0x8, 0x4, 0x2  # execute + read file + read dir
+    rules = [(path, read) for path in _readonly_sources()] + [(workdir, every)]
+    rules += [(f"/dev/{name}", read_file | write_file) for name in _DEVICES]
+    for path, access in rules:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue
+        rule = _PathBeneath(access, fd)
+        added = libc.syscall(_LANDLOCK_ADD_RULE, ruleset, 1, ctypes.byref(rule), 0)
+        os.close(fd)
+        if added != 0:
+            raise SetupError(f"Landlock rule for {path}: {os.strerror(ctypes.get_errno())}")
+    if libc.syscall(_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
+        raise SetupError(f"Landlock: {os.strerror(ctypes.get_errno())}")
+    os.close(ruleset)
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
 def _lock_down(libc, job: dict) -> None:
@@ -280,6 +314,8 @@ def serve_solution(job: dict, read_fd: int, write_fd: int) -> None:
         return id(value)
 
     channel = Channel(read_fd, write_fd, handle_of, objects.__getitem__)
+    if job["landlock"]:
+        _landlock(ctypes.CDLL(None, use_errno=True), os.getcwd())
     if job["network"] == "seccomp":
         _seccomp(ctypes.CDLL(None, use_errno=True), os.getppid())
     elif job["network"] == "in-process":

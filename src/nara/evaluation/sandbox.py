@@ -171,25 +171,33 @@ def _probe_full(python: str, uid: int) -> str:
     return f"the namespaces and minimal root of full isolation fail here ({why})"
 
 
-def _seccomp_works(python: str, uid: int) -> bool:
-    """Without namespaces: does the seccomp socket filter install, refuse TCP and keep unix?"""
+def _fallbacks(python: str, uid: int) -> tuple[str, bool]:
+    """Without namespaces: (network mode, Landlock works?), each probed by a real test."""
+    limits = SandboxLimits(timeout=20, sandbox_uid=uid)
     solution = "import _socket\ndef f(family):\n    try:\n        _socket.socket(family, 1)\n"
     solution += "    except OSError:\n        return 'refused'\n    return 'open'\n"
     probe = CodeTest(solution, "assert f(2) == 'refused' and f(1) == 'open'\n")
-    limits = SandboxLimits(timeout=20, sandbox_uid=uid)
-    return _execute(probe, limits, python, network="seccomp").passed
+    seccomp = _execute(probe, limits, python, network="seccomp").passed
+    network = "seccomp" if seccomp else "in-process"
+    solution = "import os, sys\ndef f():\n    open(sys.executable, 'rb').close()\n"
+    solution += "    open('mine', 'w').write('x')\n    try:\n        os.listdir('/')\n"
+    solution += "    except PermissionError:\n        return 'hidden'\n    return 'visible'\n"
+    probe = CodeTest(solution, "assert f() == 'hidden'\n")
+    landlock = _execute(probe, limits, python, network=network, landlock=True).passed
+    return network, landlock
 
 
 @functools.cache
 def isolation(sandbox_uid: int = 65534) -> dict[str, bool | str]:
-    """Which isolation this machine gives sandboxed code, probed once by running a tiny test.
+    """Which isolation this machine gives sandboxed code, probed once by running tiny tests.
 
-    Keys: level ("full", "reduced", "none"), reason (why it is not full), python (the
-    interpreter used: the evaluator's base Python when the sandbox uid may run it, else the
-    system ``python3``; programs get only the standard library), and the layers: namespaces,
-    minimal_root, network (in words) and network_mode ("namespace", "seccomp": a filter refuses
-    every socket but unix ones, "in-process": ``socket.socket`` replaced, bypassable),
-    private_tmp, dedicated_uid, process_limit.
+    Keys: level ("full": namespaces and a minimal root; "reduced": no namespaces, but your files
+    are protected, by Landlock or a dedicated uid; "none": the program runs as you), reason (why
+    it is not full), python (the interpreter used: the evaluator's base Python when the sandbox
+    uid may run it, else the system ``python3``; programs get only the standard library), and
+    the layers: namespaces, minimal_root, landlock, network (in words) and network_mode
+    ("namespace"; "seccomp": a filter refuses every socket but unix ones; "in-process":
+    ``socket.socket`` replaced, bypassable), private_tmp, dedicated_uid, process_limit.
 
     Raises:
         RuntimeError: no Python interpreter is executable by the sandbox uid.
@@ -204,17 +212,16 @@ def isolation(sandbox_uid: int = 65534) -> dict[str, bool | str]:
     reason = _probe_full(python, sandbox_uid)
     root = os.geteuid() == 0
     full = not reason
-    mode = (
-        "namespace" if full else "seccomp" if _seccomp_works(python, sandbox_uid) else "in-process"
-    )
+    network, landlock = ("namespace", False) if full else _fallbacks(python, sandbox_uid)
     return {
-        "level": "full" if full else "reduced" if root else "none",
+        "level": "full" if full else "reduced" if root or landlock else "none",
         "reason": reason,
         "python": python,
         "namespaces": full,
         "minimal_root": full,
-        "network": _NETWORK[mode],
-        "network_mode": mode,
+        "landlock": landlock,
+        "network": _NETWORK[network],
+        "network_mode": network,
         "private_tmp": full,
         "dedicated_uid": root,
         "process_limit": full or root,
@@ -226,6 +233,7 @@ def isolation_report(sandbox_uid: int = 65534) -> dict[str, str]:
     iso = isolation(sandbox_uid)
     uid = "unprivileged uid" if iso["dedicated_uid"] else "your uid"
     files = "minimal root" if iso["minimal_root"] else "host filesystem"
+    files += ", Landlock: system directories read-only, own folder" if iso["landlock"] else ""
     files += f", {uid}" if iso["dedicated_uid"] or not iso["minimal_root"] else ""
     return {
         "level": str(iso["level"]),
@@ -258,9 +266,11 @@ def check_isolation(limits: SandboxLimits | None = None) -> dict[str, str]:
     if iso["level"] == "full":
         return report
     what = (
-        "your files are protected by a separate uid, but the program can read the host's "
+        "Landlock hides the host's files from the program"
+        if iso["landlock"]
+        else "your files are protected by a separate uid, but the program can read the host's "
         "world-readable files"
-        if iso["level"] == "reduced"
+        if iso["dedicated_uid"]
         else "the program runs as YOU: it can read and change your files"
     )
     what += f"; network: {iso['network']}"
@@ -315,7 +325,8 @@ def run_test(test: CodeTest, limits: SandboxLimits | None = None) -> ExecutionRe
     limits = limits or SandboxLimits()
     check_isolation(limits)
     iso = isolation(limits.sandbox_uid)
-    return _execute(test, limits, str(iso["python"]), network=str(iso["network_mode"]))
+    network, landlock = str(iso["network_mode"]), bool(iso["landlock"])
+    return _execute(test, limits, str(iso["python"]), network=network, landlock=landlock)
 
 
 def run_program(source: str, limits: SandboxLimits | None = None) -> ExecutionResult:
@@ -357,7 +368,7 @@ def _bound_names(tree: ast.AST) -> set[str]:
     return bound
 
 
-def _job(test: CodeTest, limits: SandboxLimits, network: str) -> bytes:
+def _job(test: CodeTest, limits: SandboxLimits, network: str, landlock: bool) -> bytes:
     """The judge's instructions (read from its stdin before anything else)."""
     names, modules = _names(test)
     full = network == "namespace"
@@ -377,26 +388,27 @@ def _job(test: CodeTest, limits: SandboxLimits, network: str) -> bytes:
         "timeout": limits.timeout,
         "root": full,
         "network": network,
+        "landlock": landlock,
     }
     return marshal.dumps(job, 4)  # plain types only; a lone surrogate travels, compile rejects it
 
 
 def _execute(
-    test: CodeTest, limits: SandboxLimits, python: str, *, network: str
+    test: CodeTest, limits: SandboxLimits, python: str, *, network: str, landlock: bool = False
 ) -> ExecutionResult:
     """Start one sandbox: in namespaces (network "namespace"), else in a host folder removed after."""
     workdir = None if network == "namespace" else Path(tempfile.mkdtemp(prefix="nara-sandbox-"))
     try:
         if workdir is not None and os.geteuid() == 0:
             os.chown(workdir, limits.sandbox_uid, limits.sandbox_uid)
-        return _supervise(test, limits, python, workdir, network)
+        return _supervise(limits, python, workdir, _job(test, limits, network, landlock))
     finally:
         if workdir is not None:
             _remove_tree(workdir)
 
 
 def _supervise(
-    test: CodeTest, limits: SandboxLimits, python: str, workdir: Path | None, network: str
+    limits: SandboxLimits, python: str, workdir: Path | None, job: bytes
 ) -> ExecutionResult:
     read_fd, write_fd = os.pipe()
     prefix = [] if workdir is not None else [shutil.which("unshare") or "unshare", *_NAMESPACES]
@@ -425,7 +437,7 @@ def _supervise(
     for reader in (*readers, verdict_reader):
         reader.start()
     with contextlib.suppress(BrokenPipeError):  # the judge reads the job before anything else
-        proc.stdin.write(_job(test, limits, network))
+        proc.stdin.write(job)
     with contextlib.suppress(BrokenPipeError):
         proc.stdin.close()
     timed_out = False
