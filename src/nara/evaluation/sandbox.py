@@ -16,10 +16,11 @@ Isolation levels (:func:`isolation_report`): ``full`` uses fresh user, network, 
 mount namespaces with a minimal root (read-only system directories and interpreter, a size-capped
 private /tmp as the only writable place, nothing of the project, the data or any home), no
 capabilities, resource limits and, when the evaluator is root, an unprivileged uid. Without user
-namespaces the level is ``reduced`` (root evaluator: a dedicated uid protects your files, but
-the host is readable; a seccomp filter refuses network sockets where the kernel allows it) or
-``none`` (the program runs as you). ``SandboxLimits(mode="strict")`` refuses both; ``"auto"``
-warns once per process.
+namespaces the level is ``reduced`` when Landlock confines the program to the system
+directories and its own folder, or a dedicated uid (root evaluator) protects your files; a
+seccomp filter refuses network sockets and signals to the judge where the kernel allows it.
+Otherwise it is ``none`` (the program runs as you). ``SandboxLimits(mode="strict")`` refuses
+both; ``"auto"`` warns once per process.
 """
 
 from __future__ import annotations
