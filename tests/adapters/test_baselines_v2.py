@@ -332,6 +332,22 @@ def test_prefix_tuning_equals_hand_written_attention_and_padding_changes_nothing
             torch.testing.assert_close(together[1:, where], alone[1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_prefix_tuning_gradients_are_the_same_under_gradient_checkpointing(reentrant):
+    def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        config = nara.PrefixTuningConfig(num_virtual_tokens=3, prefix_projection=True)
+        model = nara.add_adapters(llada().train(), config)
+        if checkpointing:
+            kwargs = {"use_reentrant": reentrant}
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model(ids()).logits.square().mean().backward()
+        return {n: p.grad for n, p in inject.adapter_parameters(model).items()}
+
+    plain, checkpointed = grads(False), grads(True)
+    for name, g in plain.items():
+        torch.testing.assert_close(checkpointed[name], g, rtol=1e-5, atol=1e-8, msg=name)
+
+
 def test_prefix_vocab_init_is_the_cache_of_real_tokens():
     """1 layer: the prefix model on x equals the base model on [w; x], w the n random tokens
     whose keys and values initialised the prefix (found back through the value rows)."""

@@ -35,7 +35,7 @@ from torch import nn
 
 from nara.adapters.config import _check, _field
 from nara.adapters.inject import HIDDEN_STATE_METHODS, HiddenStateMethod
-from nara.adapters.noise import NoiseHub, find_hub
+from nara.adapters.noise import NoiseHub, _in_backward, find_hub
 from nara.adapters.prompt import VirtualTokenConfig
 
 PREFIX_INITS = ("random", "vocab")
@@ -130,13 +130,19 @@ class PrefixHooks:
     def __init__(self, hub: NoiseHub, n: int, layers: int, kv: tuple[int, int], theta: float):
         self.hub, self.n, self.layers, self.kv, self.theta = hub, n, layers, kv, theta
         self.cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.rebuild_in_backward = False
 
-    def begin(self, model: nn.Module | None, args: tuple) -> None:
+    def begin(self, model: nn.Module, args: tuple) -> None:
         """Forward pre-hook of the root model: every layer's prefix keys and values, once."""
+        self.cache = self.compute()
+        self.rebuild_in_backward = False
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (L, H_kv, n, D) each, unrotated, from the prefix encoder."""
         heads, dim = self.kv
         table = self.hub.prefix().view(self.n, self.layers, 2, heads, dim)
         table = table.permute(1, 2, 3, 0, 4)  # (L, 2, H_kv, n, D)
-        self.cache = (table[:, 0], table[:, 1])
+        return table[:, 0], table[:, 1]
 
     def layer(self, index: int) -> PrefixHook:
         return PrefixHook(self, index)
@@ -164,11 +170,18 @@ class PrefixHook:
     def __call__(
         self, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        if self.hooks.cache is None:  # a layer called outside a model forward
-            self.hooks.begin(None, ())
-        keys, values = self.hooks.cache
+        hooks = self.hooks
+        if hooks.cache is None:  # a layer called outside a model forward
+            hooks.cache = hooks.compute()
+        keys, values = hooks.cache
+        if keys.requires_grad and not torch.is_grad_enabled():
+            # a no-grad forward inside a grad-enabled model call: reentrant checkpointing, whose
+            # recompute backpropagates each layer alone, so each needs a fresh prefix graph
+            hooks.rebuild_in_backward = True
+        elif hooks.rebuild_in_backward and torch.is_grad_enabled() and _in_backward():
+            keys, values = hooks.compute()
         b = k.shape[0]
-        pk = self.hooks.rotate_back(keys[self.index], key_mask).to(k.dtype).expand(b, -1, -1, -1)
+        pk = hooks.rotate_back(keys[self.index], key_mask).to(k.dtype).expand(b, -1, -1, -1)
         pv = values[self.index].to(v.dtype).expand(b, -1, -1, -1)  # (B, H_kv, n, D)
         if key_mask is not None:
             key_mask = torch.cat([key_mask.new_ones(b, pk.shape[2]), key_mask], 1)  # (B, n + T)
