@@ -28,8 +28,10 @@ def denoise(
     lam: torch.Tensor,
     density: torch.Tensor,
     prompt: torch.Tensor,
+    **model_kwargs: object,
 ) -> torch.Tensor:
-    """Logits (B, T, V) of ``model(input_ids, attention_mask=...)`` with λ (B,) set on the
+    """Logits (B, T, V) of ``model(input_ids, attention_mask=..., **model_kwargs)`` (e.g. a
+    sampler's ``kv_cache``) with λ (B,) set on the
     adapters (and the local mask density, for NaRA's density input), and the prompt positions,
     bool (B, T), given to a trajectory router (LoRA-Diffusion composition) if the model has one.
 
@@ -39,7 +41,8 @@ def denoise(
     from nara.models.families import token_logits
 
     with noise_context(model, lam, density), route_context(model, prompt):
-        return token_logits(model, model(input_ids, attention_mask=attention_mask).logits)
+        output = model(input_ids, attention_mask=attention_mask, **model_kwargs)
+        return token_logits(model, output.logits)
 
 
 def check_token_id(model: torch.nn.Module, token_id: int, name: str = "mask_token_id") -> None:

@@ -46,8 +46,8 @@ SAMPLERS = ("llada", "dream", "mdlm")
 # sampler is (for the message that refuses an option it lacks).
 _OPTIONS = {
     "llada": (
-        {"block_length", "cfg_scale", "threshold", "temperature", "remasking"},
-        "LLaDA's: blocks, confidence order, guidance, threshold",
+        {"block_length", "cfg_scale", "threshold", "temperature", "remasking", "cache"},
+        "LLaDA's: blocks, confidence order, guidance, threshold, KV cache",
     ),
     "dream": (
         {"temperature", "remasking", "top_p", "top_k", "alg_temp"},
@@ -73,6 +73,7 @@ def resolve_sampler(
     top_p: float | None,
     top_k: int | None,
     alg_temp: float | None,
+    cache: str | None = None,
 ) -> str:
     """The sampler to run: ``sampler``, or the one released with the model's family when None.
 
@@ -97,6 +98,7 @@ def resolve_sampler(
         "top_p": top_p is not None,
         "top_k": top_k is not None,
         "alg_temp": alg_temp is not None,
+        "cache": cache is not None,
     }
     allowed, what = _OPTIONS[sampler]
     for name in (n for n, u in used.items() if u and n not in allowed):

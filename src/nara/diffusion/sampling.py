@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from nara.diffusion._model import check_logits, check_token_id, denoise
+from nara.diffusion.cache import KVCache, check_cache_model, check_cache_settings
 from nara.diffusion.dream_sampling import dream_sample, resolve_sampler
 from nara.diffusion.masking import local_mask_density, masked_fraction
 from nara.diffusion.mdlm_sampling import mdlm_sample
@@ -88,6 +89,8 @@ def check_settings(
     remasking: str = "low_confidence",
     cfg_scale: float = 0.0,
     threshold: float | None = None,
+    cache: str | None = None,
+    cache_tolerance: float | None = None,
 ) -> None:
     """Raise ValueError, naming the value and the fix, for settings :func:`generate` refuses.
 
@@ -139,6 +142,7 @@ def check_settings(
                 "threshold decoding needs a model confidence; use remasking='low_confidence', "
                 "'margin' or 'entropy' with a threshold"
             )
+    check_cache_settings(cache, cache_tolerance)
 
 
 def max_length(model_or_config: Any) -> int | None:
@@ -224,8 +228,10 @@ def _block_logits(
     cfg_scale: float,
     start: int,
     end: int,
+    cache: KVCache | None = None,
 ) -> torch.Tensor:
-    """float32 (B, end − start, V) logits of the current block, guided when cfg_scale > 0.
+    """float32 (B, end − start, V) logits of the current block, guided when cfg_scale > 0, from
+    the whole sequence or, with ``cache``, from cached keys/values where they are valid.
 
     Sets each sample's λ (masked fraction of its answer region) and local mask density on the
     adapters. Guidance runs the batch twice, the second copy with its real prompt tokens masked
@@ -241,7 +247,10 @@ def _block_logits(
         x = torch.cat([x, uncond])  # (2B, T)
         attention_mask = None if attention_mask is None else attention_mask.repeat(2, 1)
         lam, density, prompt = lam.repeat(2), density.repeat(2), prompt.repeat(2, 1)
-    logits = denoise(model, x, attention_mask, lam, density, prompt)[:, start:end].float()
+    if cache is None:
+        logits = denoise(model, x, attention_mask, lam, density, prompt)[:, start:end].float()
+    else:
+        logits = cache.logits(model, x, attention_mask, lam, density, prompt, start, end).float()
     if cfg_scale > 0:
         cond, unc = logits.chunk(2)
         logits = unc + (cfg_scale + 1.0) * (cond - unc)
@@ -285,6 +294,8 @@ def generate(
     cfg_scale: float = 0.0,
     eos_token_id: int | None = None,
     threshold: float | None = None,
+    cache: str | None = None,
+    cache_tolerance: float | None = None,
     return_history: bool = False,
     generator: torch.Generator | None = None,
     sampler: str | None = None,
@@ -331,6 +342,13 @@ def generate(
         cfg_scale: classifier-free guidance weight w (0 = off).
         eos_token_id: stop early at EOS (see above); None = decode every position.
         threshold: confidence in (0, 1] for parallel decoding; None = fixed schedule.
+        cache: key/value cache (nara's LLaDA, LLaDA's sampler): None = every step runs the
+            whole sequence; ``"prefix"`` = later steps of a block reuse the keys/values of the
+            positions before it, recorded at the block's first step; ``"dual"`` = also those
+            after it (:mod:`nara.diffusion.cache`, docs/cache.md). An approximation.
+        cache_tolerance: with a cache, also recompute a sample's keys/values when its λ has
+            moved by more than this since they were recorded (None = only at block starts;
+            0 = whenever λ changes, i.e. uncached).
         return_history: also return the sequence after every step.
         generator: RNG for Gumbel noise and random remasking.
         sampler: ``"llada"`` (the above), ``"dream"`` (Dream's released sampler,
@@ -358,7 +376,17 @@ def generate(
     if eos_token_id is not None:
         check_token_id(model, eos_token_id, "eos_token_id")
     _check_prompt(input_ids, attention_mask)
-    check_settings(gen_length, steps, block_length, temperature, remasking, cfg_scale, threshold)
+    check_settings(
+        gen_length,
+        steps,
+        block_length,
+        temperature,
+        remasking,
+        cfg_scale,
+        threshold,
+        cache,
+        cache_tolerance,
+    )
     b, prompt_len = input_ids.shape
     check_length(max_length(model), prompt_len, gen_length)
     sampler = resolve_sampler(
@@ -373,6 +401,7 @@ def generate(
         top_p=top_p,
         top_k=top_k,
         alg_temp=alg_temp,
+        cache=cache,
     )
     if sampler != "llada":
         shared = {
@@ -413,15 +442,29 @@ def generate(
         prompt_real = F.pad(attention_mask.bool(), (0, gen_length), value=False)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, gen_length)], 1)
 
+    if cache is not None:
+        check_cache_model(model)
+    kv_cache = None if cache is None else KVCache(cache, cache_tolerance)
     history = []
     for block in range(num_blocks):
         start = prompt_len + block * block_length
         end = start + block_length
+        if kv_cache is not None:
+            kv_cache.begin_block()
         schedule = transfer_schedule((x[:, start:end] == mask_token_id).sum(-1), steps_per_block)
         step = 0
         while bool((candidates := x[:, start:end] == mask_token_id).any()):  # (B, L)
             logits = _block_logits(
-                model, x, attention_mask, prompt_real, answer, mask_token_id, cfg_scale, start, end
+                model,
+                x,
+                attention_mask,
+                prompt_real,
+                answer,
+                mask_token_id,
+                cfg_scale,
+                start,
+                end,
+                kv_cache,
             )
             check_logits(logits, f"step {step} of block {block}")
             chosen = _sample(logits, temperature, generator)  # (B, L)

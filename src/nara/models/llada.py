@@ -167,9 +167,10 @@ class RMSNorm(nn.Module):
 
 
 def rotary_cos_sin(
-    seq_len: int, head_dim: int, theta: float, device: torch.device
+    seq_len: int, head_dim: int, theta: float, device: torch.device, start: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables (T, D) of rotary embedding, in float32, frequencies θ^(−2j/D).
+    """cos and sin tables (T, D) of rotary embedding for positions start … start + T − 1, in
+    float32, frequencies θ^(−2j/D). ``start`` > 0 when a KV cache feeds only part of a sequence.
 
     Recomputed per forward (a few thousand numbers): no buffer to carry through meta-device
     initialisation, dtype casts or device maps.
@@ -177,7 +178,8 @@ def rotary_cos_sin(
     inv_freq = theta ** (
         -torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
     )
-    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    positions = torch.arange(start, start + seq_len, device=device, dtype=torch.float32)
+    angles = torch.outer(positions, inv_freq)
     angles = torch.cat([angles, angles], dim=-1)  # (T, D): frequency j drives dims j and j + D/2
     return angles.cos(), angles.sin()
 
@@ -196,9 +198,10 @@ def bidirectional_attention(
     """Scaled dot-product attention with no causal mask; padded keys are ignored.
 
     Args:
-        q: (B, H, T, D). k, v: (B, H_kv, T, D) with H a multiple of H_kv; query head h reads
-            key/value head h // (H / H_kv) (grouped-query attention).
-        key_mask: bool (B, T), True at real tokens, or None when nothing is padded.
+        q: (B, H, T, D). k, v: (B, H_kv, S, D) with H a multiple of H_kv; query head h reads
+            key/value head h // (H / H_kv) (grouped-query attention). S = T except with a KV
+            cache (queries of part of the sequence, keys of all of it).
+        key_mask: bool (B, S), True at real tokens, or None when nothing is padded.
 
     Returns:
         (B, H, T, D).
@@ -207,7 +210,7 @@ def bidirectional_attention(
     if group > 1:
         k = k.repeat_interleave(group, dim=1)  # (B, H, T, D)
         v = v.repeat_interleave(group, dim=1)
-    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, T)
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -242,20 +245,29 @@ class LLaDABlock(GradientCheckpointingLayer):
         cos: torch.Tensor,
         sin: torch.Tensor,
         key_mask: torch.Tensor | None,
+        cached_kv: Any = None,
     ) -> torch.Tensor:
-        """x: (B, T, d_model); cos, sin: (T, D); key_mask: bool (B, T) or None."""
-        x = x + self._attention(self.attn_norm(x), cos, sin, key_mask)
+        """x: (B, T, d_model); cos, sin: (T, D); key_mask: bool (B, S) or None; cached_kv: None
+        or a callable (k, v) -> (k, v) from a KV cache (see ``LLaDAModelLM.forward``)."""
+        x = x + self._attention(self.attn_norm(x), cos, sin, key_mask, cached_kv)
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
 
     def _attention(
-        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        cached_kv: Any,
     ) -> torch.Tensor:
         b, t, _ = h.shape
         q = self.q_proj(h).view(b, t, self.n_heads, -1).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(h).view(b, t, self.n_kv_heads, -1).transpose(1, 2)  # (B, H_kv, T, D)
         v = self.v_proj(h).view(b, t, self.n_kv_heads, -1).transpose(1, 2)  # (B, H_kv, T, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cached_kv is not None:  # the fresh window spliced into the whole sequence's K/V
+            k, v = cached_kv(k, v)  # (B, H_kv, S, D)
         if self.kv_prefix is not None:
             k, v, key_mask = self.kv_prefix(k, v, key_mask)  # (B, H_kv, n + T, D)
         y = bidirectional_attention(q, k, v, key_mask)  # (B, H, T, D)
@@ -330,6 +342,7 @@ class LLaDAModelLM(PreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        kv_cache: Any = None,
         **kwargs: Any,
     ) -> MaskedLMOutput | tuple[torch.Tensor, ...]:
         """Logits (B, T, V) for every position, in the model's dtype.
@@ -342,6 +355,12 @@ class LLaDAModelLM(PreTrainedModel):
             labels: accepted and ignored: the diffusion loss needs the mask and noise level, so
                 ``nara.diffusion.diffusion_loss`` computes it, not the model.
             output_hidden_states: also return the input of every block and the final output.
+            kv_cache: None, or a sampler's key/value cache (``nara.diffusion.cache.KVCache``):
+                an object with ``start`` (the sequence position of the first input token) and
+                ``layer(i)`` (a callable (k, v) -> (k, v) that block i calls with its fresh
+                rotated keys/values (B, H_kv, T, D) and that returns those of the whole
+                sequence (B, H_kv, S, D), recording or splicing). ``attention_mask`` then
+                covers the whole sequence (B, S); logits are for the T input positions.
             kwargs: other transformers arguments (``output_attentions``, ...) are ignored.
 
         Raises:
@@ -351,13 +370,14 @@ class LLaDAModelLM(PreTrainedModel):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         tr = self.model.transformer
         x = tr["wte"](input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, d_model)
-        key_mask = None if attention_mask is None else attention_mask.bool()  # (B, T)
+        key_mask = None if attention_mask is None else attention_mask.bool()  # (B, S)
+        start = 0 if kv_cache is None else kv_cache.start
         cos, sin = rotary_cos_sin(
-            x.shape[1], self.config.head_dim, self.config.rope_theta, x.device
+            x.shape[1], self.config.head_dim, self.config.rope_theta, x.device, start
         )
         hidden = [x] if output_hidden_states else None
-        for block in tr["blocks"]:
-            x = block(x, cos, sin, key_mask)
+        for i, block in enumerate(tr["blocks"]):
+            x = block(x, cos, sin, key_mask, None if kv_cache is None else kv_cache.layer(i))
             if hidden is not None:
                 hidden.append(x)
         logits = tr["ff_out"](tr["ln_f"](x))  # (B, T, V)
