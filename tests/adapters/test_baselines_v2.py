@@ -7,7 +7,7 @@ save/load, mixed-λ batches, checkpointing, merging) runs in test_methods.py thr
 
 from __future__ import annotations
 
-import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,8 @@ from nara.diffusion import diffusion_loss
 from nara.models import LLaDAModelLM, tiny_config
 
 ROOT = Path(__file__).parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "models"))
+from reference_llada import reference_logits  # noqa: E402
 
 
 class OneLinear(nn.Module):
@@ -278,49 +280,27 @@ def test_prefix_tuning_equals_peft_prefix_tuning_on_the_same_prefixes(layers, le
         assert (model(x).logits - base(x).logits).abs().max() > 1e-3  # the prefix matters
 
 
-def hand_attention_logits(model: LLaDAModelLM, x: torch.Tensor, keys, values) -> torch.Tensor:
-    """LLaDA written out with the prefix concatenated: softmax(q·[P_K; K]ᵀ/√D)·[P_V; V], the
-    prefix keys as given and the input at positions n, n + 1, ... (one unpadded sample)."""
-    c, tr = model.config, model.model.transformer
-    t, n, hd = x.shape[1], keys.shape[2], c.head_dim
-    inv = c.rope_theta ** (-torch.arange(0, hd, 2).double() / hd)
-    ang = torch.outer(torch.arange(n, n + t).double(), inv).repeat(1, 2)  # (T, D)
-
-    def rope(z):  # (H, T, D)
-        half = z.shape[-1] // 2
-        return z * ang.cos() + torch.cat([-z[..., half:], z[..., :half]], -1) * ang.sin()
-
-    def norm(z, w):
-        return w.double() * z / (z.square().mean(-1, keepdim=True) + c.rms_norm_eps).sqrt()
-
-    def lin(module, z):
-        return z @ module.weight.double().T
-
-    h = tr["wte"](x)[0].double()  # (T, d)
-    for layer, blk in enumerate(tr["blocks"]):
-        a = norm(h, blk.attn_norm.weight)
-        q = rope(lin(blk.q_proj, a).view(t, c.n_heads, hd).transpose(0, 1))
-        k = rope(lin(blk.k_proj, a).view(t, c.n_kv_heads, hd).transpose(0, 1))
-        v = lin(blk.v_proj, a).view(t, c.n_kv_heads, hd).transpose(0, 1)
-        k = torch.cat([keys[layer].double(), k], 1).repeat_interleave(2, 0)  # (H, n + T, D)
-        v = torch.cat([values[layer].double(), v], 1).repeat_interleave(2, 0)
-        att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(hd), -1) @ v  # (H, T, D)
-        h = h + lin(blk.attn_out, att.transpose(0, 1).reshape(t, -1))
-        m = norm(h, blk.ff_norm.weight)
-        h = h + lin(blk.ff_out, F.silu(lin(blk.ff_proj, m)) * lin(blk.up_proj, m))
-    return lin(tr["ff_out"], norm(h, tr["ln_f"].weight))[None]
-
-
-def test_prefix_tuning_equals_hand_written_attention_and_padding_changes_nothing():
+def test_prefix_tuning_equals_the_reference_llada_and_padding_changes_nothing():
+    """Against tests/models/reference_llada.py, an independent LLaDA forward with explicit
+    softmax attention over the concatenated prefix, on 2 bidirectional layers."""
     model = nara.add_adapters(llada(), nara.PrefixTuningConfig(num_virtual_tokens=3))
     table = model.nara_hub.prefix().detach().view(3, 2, 2, 2, 16)  # (n, L, K/V, H_kv, D)
     keys, values = table[:, :, 0].permute(1, 2, 0, 3), table[:, :, 1].permute(1, 2, 0, 3)
     long, short = ids(1, 8, seed=2), ids(1, 5, seed=3)
+    c = model.config
     with torch.no_grad():
         alone = [model(long).logits, model(short).logits]
-        torch.testing.assert_close(
-            alone[0].double(), hand_attention_logits(model, long, keys, values), atol=1e-5, rtol=0
+        expected = reference_logits(
+            llada().state_dict(),
+            long,
+            n_layers=c.n_layers,
+            n_heads=c.n_heads,
+            n_kv_heads=c.n_kv_heads,
+            theta=c.rope_theta,
+            eps=c.rms_norm_eps,
+            prefix=(keys, values),
         )
+        torch.testing.assert_close(alone[0].double(), expected, atol=1e-5, rtol=0)
         pad = torch.full((1, 3), 126)
         for batch, mask, where in [
             (torch.cat([short, pad], 1), [1] * 5 + [0] * 3, slice(0, 5)),  # right padding
