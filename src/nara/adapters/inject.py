@@ -310,6 +310,9 @@ def merge_adapters(
             f"{hub.method} adapters perturb hidden states, not weights: there is no weight update "
             "to merge. Keep the adapters unmerged and run the model inside nara.noise_level"
         )
+    refusals = [layer.merge_refusal for layer in adapter_layers(model).values()]
+    if any(refusals):  # before asking for a λ that would not help (FouRA is noise-aware)
+        raise ValueError(f"{hub.method} adapters cannot be merged: {next(filter(None, refusals))}")
     if hub.needs_noise and lam is None:
         raise ValueError(
             f"{hub.method} adapters depend on the noise level, so they cannot be merged for all λ; "
