@@ -297,12 +297,13 @@ def merge_adapters(
 ) -> nn.Module:
     """Fold every adapter into its base weight; returns the same model.
 
-    Static methods (LoRA, DoRA, HiRA, NaRA-C) merge exactly. Noise-aware ones have a different
-    ΔW for every λ, so they merge only the ΔW(lam) of one fixed ``lam`` (and ``density`` for NaRA
-    input modes that use it). Undo with ``unmerge_adapters``.
+    Static methods (LoRA, DoRA, HiRA, NaRA-C, (IA)³, BitFit) merge exactly. Noise-aware ones have
+    a different ΔW for every λ, so they merge only the ΔW(lam) of one fixed ``lam`` (and
+    ``density`` for NaRA input modes that use it). Undo with ``unmerge_adapters``.
 
     Raises:
-        ValueError: a noise-aware adapter and no ``lam``.
+        ValueError: a noise-aware adapter and no ``lam``; a method that is not a weight update
+            (hidden-state methods, bottleneck adapters, FouRA's input-gated update).
     """
     hub = _require_hub(model)
     if hub.method in HIDDEN_STATE_METHODS:
