@@ -676,7 +676,8 @@ def render(mech: Mechanism, summary: dict[str, Any]) -> str:
 
 
 def plot(mech: Mechanism, summary: dict[str, Any], path: Path) -> Path:
-    """PNG: per-λ-bin KL per student (mean ± std band), one panel per teacher, log scale."""
+    """PNG: per-λ-bin KL per student (mean ± std band), one panel per teacher, log scale;
+    static students dashed, the base dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -687,23 +688,31 @@ def plot(mech: Mechanism, summary: dict[str, Any], path: Path) -> Path:
     x = (np.arange(bins) + 0.5) / bins
     fig, axes = plt.subplots(1, len(teachers), figsize=(4.6 * len(teachers), 4), squeeze=False,
                              sharey=True)  # fmt: skip
+    static = {label for label in mech.students if not _noise_aware(mech.adapter_config(label))}
     for ax, kind in zip(axes[0], teachers):
         for label, e in summary["teachers"][kind].items():
             mean = np.array([p[0] for p in e["bins"]], dtype=float)
             std = np.array([p[1] or 0.0 for p in e["bins"]], dtype=float)
-            style = {"color": "k", "ls": "--"} if label == BASE_LABEL else {"marker": "o", "ms": 3}
+            style = {"color": "k", "ls": ":"} if label == BASE_LABEL else {"marker": "o", "ms": 3}
+            if label in static:
+                style["ls"] = "--"
             ax.plot(x, mean, label=label, **style)
             ax.fill_between(x, np.clip(mean - std, 1e-6, None), mean + std, alpha=0.15)
         if kind == "step":
             ax.axvline(0.5, color="grey", lw=0.8, ls=":")
         ax.set(title=f"teacher: {kind}", xlabel="noise level λ (masked fraction)", yscale="log")
     axes[0][0].set_ylabel("KL(teacher ‖ student) per masked token")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _noise_aware(config: Any) -> bool:
+    """Whether an adapter config reads λ (NaRA-C, the constant input mode, does not)."""
+    return config.noise_aware and getattr(config, "input_mode", "noise") != "constant"
 
 
 def report(mech: Mechanism) -> str:
