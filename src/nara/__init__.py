@@ -45,6 +45,10 @@ _EXPORTS: dict[str, str] = {
     "load_model": "nara.models",
     "LLaDAConfig": "nara.models",
     "LLaDAModelLM": "nara.models",
+    "DreamConfig": "nara.models",
+    "DreamModel": "nara.models",
+    "MDLMConfig": "nara.models",
+    "MDLMModel": "nara.models",
     # diffusion
     "masked_fraction": "nara.diffusion",
     "local_mask_density": "nara.diffusion",
