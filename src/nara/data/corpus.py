@@ -7,8 +7,8 @@ fine-tuning and evaluation see one layout. The families mirror the NaRA paper's 
 - ``commonsense``: multiple choice over a small hand-written world of objects (weight, size,
   category, material, place, use), in LLM-Adapters answer formats: BoolQ-like ``true/false``,
   PIQA-like ``solution1/solution2``, ARC-like ``answer1..answer4``.
-- ``arithmetic``: word problems with one addition or subtraction of numbers 1-20; the answer is a
-  number.
+- ``arithmetic``: word problems with one addition or subtraction of numbers 1-10; the answer is a
+  number. Half the corpus: it is the skill a model this small learns slowest.
 - ``programs``: predict what a short Python snippet prints (the true output is computed by
   running the generated snippet), or complete a one-line function from its docstring.
 
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 FAMILIES = ("commonsense", "arithmetic", "programs")
+MIX = ("arithmetic", "commonsense", "arithmetic", "programs")  # one cycle of the corpus
 
 
 def render_prompt(instruction: str) -> str:
@@ -258,7 +259,7 @@ def arithmetic_example(rng: random.Random) -> tuple[str, str]:
     """A one-step word problem with addition or subtraction; the answer is the number."""
     name, other = distinct(rng, NAMES, 2)
     item = rng.choice(ITEMS)
-    a, b = rng.randint(1, 20), rng.randint(1, 20)  # small numbers: learnable at this size
+    a, b = rng.randint(1, 10), rng.randint(1, 10)  # small numbers: learnable at this size
     templates = (
         (f"{name} has {a} {item}s. {name} gets {b} more. How many {item}s does {name} have now?", a + b),
         (f"{name} picked {a} {item}s in the morning and {b} in the afternoon. How many {item}s did {name} pick in total?", a + b),
@@ -378,13 +379,14 @@ GENERATORS: dict[str, tuple[Callable[[random.Random], tuple[str, str]], ...]] = 
 def pretraining_corpus(num_examples: int = 150_000, seed: int = 0) -> list[dict[str, str]]:
     """The pre-training corpus: ``num_examples`` records ``{prompt, answer, family}``.
 
-    Families are drawn in equal proportion; the same (num_examples, seed) always gives the same
+    Families are drawn in the proportions of ``MIX`` (arithmetic half, the others a quarter
+    each); the same (num_examples, seed) always gives the same
     list. Prompts are already rendered with :func:`render_prompt`.
     """
     rng = random.Random(seed)
     records = []
     for i in range(num_examples):
-        family = FAMILIES[i % len(FAMILIES)]
+        family = MIX[i % len(MIX)]
         instruction, answer = rng.choice(GENERATORS[family])(rng)
         records.append({"prompt": render_prompt(instruction), "answer": answer, "family": family})
     return records

@@ -10,7 +10,7 @@ and fine-tuning has something to learn:
   true/false, solution1/2 and answer1..4). Half the sentences state the deciding fact (the model
   must read the cue); the others need the world's weights, sizes and uses from pre-training. The
   splits hold out whole object pairs, so memorising pairs does not help.
-- ``arithmetic``: one-step word problems (numbers 1-20) in phrasings the corpus never uses,
+- ``arithmetic``: one-step word problems (numbers 1-10) in phrasings the corpus never uses,
   answered with the equation ``a + b = c`` (the corpus answers a bare number). The splits hold
   out whole equations, so the sums of the test set are known only from pre-training.
 - ``programs``: the value of a variable after two assignment lines, answered ``name = value``
@@ -139,12 +139,12 @@ ARITHMETIC_TEMPLATES = (
 def arithmetic_example(rng: random.Random) -> tuple[Hashable, str, str]:
     """A word problem; the answer is its equation, ``a + b = c`` or ``total - b = a``.
 
-    The corpus teaches the sums and differences (numbers 1-20, answer a bare number); here the
+    The corpus teaches the sums and differences (numbers 1-10, answer a bare number); here the
     operands must be read off a new phrasing and written as an equation. The split key is the
     operation and its operands, so no test equation is ever seen in fine-tuning.
     """
     name, other = distinct(rng, NAMES, 2)
-    a, b = rng.randint(1, 20), rng.randint(1, 20)
+    a, b = rng.randint(1, 10), rng.randint(1, 10)
     template, op = rng.choice(ARITHMETIC_TEMPLATES)
     question = template.format(
         name=name, other=other, item=rng.choice(ITEMS), a=a, b=b, total=a + b
