@@ -134,14 +134,12 @@ class Grid:
         """The ``nara train`` recipe of one run: shared recipe + the task's part + method fields,
         the task's data, the seed, the output folder and ``resume: latest`` (a killed run
         continues from its checkpoint)."""
-        from nara.training.adapters import adapter_fields
+        from nara.training.adapters import split_fields
 
         recipe = copy.deepcopy(self.recipe)
         for section, values in (task.get("recipe") or {}).items():
             recipe.setdefault(section, {}).update(values)
-        method = spec["method"]
-        valid = {f.name for f in adapter_fields(method)}
-        shared = {k: v for k, v in (recipe.get("adapter") or {}).items() if k in valid}
+        shared, _ = split_fields(spec["method"], recipe.get("adapter") or {})
         recipe["adapter"] = {**shared, **spec}
         recipe.setdefault("data", {})["source"] = task["source"]
         training = recipe.setdefault("training", {})

@@ -62,6 +62,17 @@ def adapter_fields(method: str) -> list[dataclasses.Field]:
     ]
 
 
+def split_fields(method: str, options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(the ``options`` that ``method`` accepts, the names of the others): what carries over when
+    a recipe written for one method is run with another.
+
+    Raises:
+        ConfigError: ``method`` is not a known method.
+    """
+    valid = {f.name for f in adapter_fields(method)}
+    return {k: v for k, v in options.items() if k in valid}, [k for k in options if k not in valid]
+
+
 def build_adapter_config(method: str, options: dict[str, Any]) -> Any:
     """Instantiate ``method``'s config class from recipe values (coerced to the field types).
 

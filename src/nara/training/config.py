@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -536,7 +537,37 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeCon
         raw = _read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"recipe {path} must be a YAML mapping of sections")
-    return RecipeConfig.from_dict(apply_overrides(raw, list(overrides)))
+    return RecipeConfig.from_dict(switch_method(raw, list(overrides)))
+
+
+def switch_method(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``overrides``; when one changes ``adapter.method``, the recipe's adapter fields that
+    the new method does not have are dropped, with a one-line notice on stderr (fields given as
+    overrides are kept and checked), so ``adapter.method=<m>`` works on any recipe.
+
+    Raises:
+        ConfigError: as :func:`apply_overrides`, or an unknown method.
+    """
+    before = (raw or {}).get("adapter") or {}
+    result = apply_overrides(raw, overrides)
+    after = result.get("adapter") or {}
+    old_method = str(before.get("method", AdapterSection.method))
+    new_method = str(after.get("method", old_method))
+    if not isinstance(after, dict) or new_method == old_method:
+        return result
+    from nara.training.adapters import split_fields
+
+    given = {i.partition("=")[0].strip()[len("adapter.") :] for i in overrides}
+    recipe_fields = {k: v for k, v in before.items() if k != "method" and k not in given}
+    _, dropped = split_fields(new_method, recipe_fields)
+    if dropped:
+        result["adapter"] = {k: v for k, v in after.items() if k not in dropped}
+        print(
+            f"note: adapter.method={new_method} (the recipe's is {old_method}): dropped the "
+            f"recipe's {old_method}-only adapter fields {', '.join(dropped)}",
+            file=sys.stderr,
+        )
+    return result
 
 
 def _read_yaml(path: Path) -> Any:
