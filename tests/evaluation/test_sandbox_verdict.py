@@ -175,3 +175,36 @@ def test_tests_that_swallow_exceptions_do_not_turn_an_exit_or_a_hang_into_a_pass
     tests = "for x in range(3):\n    try:\n        f(x)\n    except BaseException:\n        pass\n"
     result = run_test(CodeTest(f"def f(x):\n    {body}\n", tests), SandboxLimits(timeout=2))
     assert result.status in ("failed", "timed_out"), result
+
+
+def test_the_tests_are_not_in_the_solutions_memory():
+    """The expected answer exists only in the tests, which the solution process never receives:
+    neither gc nor a scan of its own memory finds it."""
+    solution = """
+import gc, re
+def f():
+    pattern = re.compile(rb"nara-" + rb"answer-[0-9]{8}")
+    for obj in gc.get_objects():
+        for text in (obj if isinstance(obj, (list, tuple)) else [obj]):
+            if isinstance(text, str) and (found := pattern.search(text.encode("utf-8", "replace"))):
+                return found.group().decode()
+    try:
+        with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb") as mem:
+            for line in maps:
+                span, perms = line.split()[:2]
+                if not perms.startswith("rw"):
+                    continue
+                start, end = (int(x, 16) for x in span.split("-"))
+                try:
+                    mem.seek(start)
+                    if found := pattern.search(mem.read(end - start)):
+                        return found.group().decode()
+                except (OSError, OverflowError, ValueError):
+                    pass
+    except OSError:
+        pass
+    return "not found"
+"""
+    tests = "assert f() == 'nara-answer-48151623'\n"
+    result = run_test(CodeTest(solution, tests), SandboxLimits(timeout=20))
+    assert result.status == "failed" and "AssertionError" in result.details, result

@@ -3,7 +3,7 @@
 Executed as ``python -I -S -c SOURCE VERDICT_FD`` with a marshalled job on stdin, never imported
 by the evaluator; standard library only. See docs/sandbox.md for the design. In order, it:
 
-1. reads the job, then makes stdin /dev/null;
+1. reads the first part of the job (the solution, the context, the limits) from stdin;
 2. in fresh namespaces (``job["root"]``): builds a minimal root (read-only system directories and
    interpreter, a size-capped tmpfs as /tmp and working directory, a few devices, /proc) and
    pivots into it, so nothing else of the host is reachable by path;
@@ -13,8 +13,9 @@ by the evaluator; standard library only. See docs/sandbox.md for the design. In 
    their channel (it keeps only stdin on /dev/null, the captured stdout/stderr and its channel)
    and runs the untrusted code, then serves calls: each name the tests use from the solution is a
    proxy here, and only plain data (numbers, strings, bytes and containers of them) comes back;
-5. runs the trusted tests in this interpreter, which never executes the solution's code, and
-   writes the verdict on VERDICT_FD, a descriptor the solution process never holds.
+5. reads the second part of the job (the tests, which the solution process thus never holds),
+   runs them in this interpreter, which never executes the solution's code, and writes the
+   verdict on VERDICT_FD, a descriptor the solution process never holds.
 """
 
 from __future__ import annotations  # the sandbox's Python may be older than the evaluator's
@@ -597,11 +598,12 @@ def _update(target, state) -> None:
         target[:] = state
 
 
-def judge_main(job: dict, verdict_fd: int) -> tuple[str, str]:
+def judge_main(job: dict, verdict_fd: int, null: int) -> tuple[str, str]:
     """Fork the solution process and run the tests against it; returns (status, details).
 
-    The trusted context runs and the tests compile before the fork, so modules they import are
-    loaded once for both processes.
+    The trusted context runs before the fork, so modules it imports load once for both
+    processes; the tests are read from stdin only after it, so the solution process never holds
+    them (it cannot read the expected answers from its own memory).
     """
     namespace = {"__name__": "__tests__", "__builtins__": builtins}
     try:
@@ -609,15 +611,15 @@ def judge_main(job: dict, verdict_fd: int) -> tuple[str, str]:
         for name in job["modules"]:
             __import__(name)
             namespace[name] = sys.modules[name]
-        tests = compile(job["tests"], "<tests>", "exec")
-    except BaseException as err:  # noqa: BLE001 - broken tests fail every solution, visibly
-        return "failed", "the tests themselves do not run: " + _describe(err, "<tests>")
+    except BaseException as err:  # noqa: BLE001 - a broken context fails every solution, visibly
+        return "failed", "the tests' context does not run: " + _describe(err, "<context>")
     child_read, judge_write = os.pipe()  # judge -> solution: requests
     judge_read, child_write = os.pipe()  # solution -> judge: answers
     child = os.fork()
     if child == 0:
         try:
-            for fd in (verdict_fd, judge_write, judge_read):
+            os.dup2(null, 0)  # the rest of the job (the tests) stays unread in the pipe
+            for fd in (verdict_fd, judge_write, judge_read, null):
                 os.close(fd)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             serve_solution(job, child_read, child_write)
@@ -627,10 +629,16 @@ def judge_main(job: dict, verdict_fd: int) -> tuple[str, str]:
     os.close(child_write)
     judge = Judge(judge_read, judge_write, child, time.monotonic() + job["timeout"])
     try:
+        tests_job = marshal.loads(_read_part(0))
+        os.dup2(null, 0)
+        tests = compile(tests_job["tests"], "<tests>", "exec")
+    except BaseException as err:  # noqa: BLE001 - broken tests fail every solution, visibly
+        return "failed", "the tests themselves do not run: " + _describe(err, "<tests>")
+    try:
         hello = judge.receive()
         if hello[0] != "ready":
             return "failed", str(hello[1] if hello[0] == "load-error" else hello)[:2000]
-        for name in job["names"]:
+        for name in tests_job["names"]:
             value, found = judge.request("get", name)
             if found is True:
                 namespace[name] = value
@@ -680,12 +688,28 @@ def _kill_descendants() -> None:
                 pass
 
 
+def _read_part(fd: int) -> bytes:
+    """One part of the job on `fd`: a decimal length, a newline, then exactly that many bytes
+    (read without read-ahead, so the next part stays in the pipe)."""
+    header = b""
+    while not header.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte or len(header) > 20:
+            raise SetupError("the job on stdin is truncated")
+        header += byte
+    size, data = int(header), b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            raise SetupError("the job on stdin is truncated")
+        data += chunk
+    return data
+
+
 def main() -> None:
     verdict_fd = int(sys.argv[1])
-    job = marshal.loads(sys.stdin.buffer.read())
+    job = marshal.loads(_read_part(0))
     null = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as PID 1, ignored signals cannot reach us
     libc = ctypes.CDLL(None, use_errno=True)
     try:
@@ -694,7 +718,7 @@ def main() -> None:
         else:
             libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         _lock_down(libc, job)
-        status, details = judge_main(job, verdict_fd)
+        status, details = judge_main(job, verdict_fd, null)
     except (SetupError, OSError) as err:
         status, details = "crashed", f"sandbox setup failed: {err}"
     os.write(verdict_fd, f"{status}\n{details}".encode("utf-8", "replace"))

@@ -370,14 +370,14 @@ def _bound_names(tree: ast.AST) -> set[str]:
 
 
 def _job(test: CodeTest, limits: SandboxLimits, network: str, landlock: bool) -> bytes:
-    """The judge's instructions (read from its stdin before anything else)."""
+    """The judge's instructions on its stdin, in two length-prefixed parts: the solution, context
+    and limits, then the tests, which the judge reads only after forking the solution process.
+    """
     names, modules = _names(test)
     full = network == "namespace"
     job = {
         "solution": test.solution,
-        "tests": test.tests,
         "context": test.context,
-        "names": names,
         "modules": modules,
         "memory": limits.memory_mb << 20,
         "cpu": int(limits.timeout) + 1,
@@ -391,7 +391,9 @@ def _job(test: CodeTest, limits: SandboxLimits, network: str, landlock: bool) ->
         "network": network,
         "landlock": landlock,
     }
-    return marshal.dumps(job, 4)  # plain types only; a lone surrogate travels, compile rejects it
+    parts = [job, {"tests": test.tests, "names": names}]
+    # marshal: plain types only; a lone surrogate travels, and compile() rejects it
+    return b"".join(b"%d\n%s" % (len(p), p) for p in (marshal.dumps(x, 4) for x in parts))
 
 
 def _execute(
