@@ -63,6 +63,7 @@ class Progress:
         self.start_done = initial
         self.stream = sys.stderr if stream is None else stream
         self.every = every or max(1, total // 10)
+        self.next_line = (initial // self.every + 1) * self.every
         self.enabled = enabled
         self.clock = clock
         self.start = clock()
@@ -85,7 +86,8 @@ class Progress:
             if fields:
                 self.bar.set_postfix(fields, refresh=False)
             return
-        if self.done % self.every == 0 or self.done >= self.total:
+        if self.done >= self.next_line or self.done >= self.total:
+            self.next_line = (self.done // self.every + 1) * self.every
             self.line(fields)
 
     def line(self, fields: dict[str, Any]) -> None:

@@ -249,11 +249,9 @@ def evaluate_task(
     seen = {str(r["id"]) for r in done}
     batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
     start = time.monotonic()
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from nara.progress import Progress
 
-        bar = tqdm(total=len(records), initial=resumed, desc=task.name)
+    bar = Progress(len(records), initial=resumed, desc=task.name, unit="ex", enabled=progress)
     with path.open("a", encoding="utf-8") as out:
         for batch in batches:
             missing = [j for j, r in enumerate(batch) if str(r.meta.get("id")) not in seen]
@@ -276,10 +274,8 @@ def evaluate_task(
                 out.write(json.dumps(full) + "\n")
                 done.append(full)
             out.flush()
-            if bar is not None:
-                bar.update(len(batch))
-    if bar is not None:
-        bar.close()
+            bar.update(len(batch))
+    bar.close()
     summary = _summarize(task, done, ks, oracle)
     summary["n_resumed"] = resumed
     if isolation is not None:

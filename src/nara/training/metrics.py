@@ -1,4 +1,6 @@
-"""Training metrics: a tqdm bar, a JSONL file, and Accelerate trackers when asked for.
+"""Training metrics: progress (a bar on a terminal, else a plain line every tenth of the run:
+step, loss, λ, lr, tokens/s, ETA; see :class:`nara.progress.Progress`), a JSONL file, and
+Accelerate trackers when asked for.
 
 Each update's record is ``{"step", "epoch", "loss", "lam", "lr", "lr_<group>", "grad_norm",
 "tokens_per_s", "elapsed_s"}`` with the loss and λ averaged over the update's micro-batches and
@@ -40,8 +42,9 @@ class MetricsLogger:
     Args:
         accelerator: the run's Accelerator (for reductions, trackers, the main-process check).
         path: the JSONL file, appended to.
-        total, initial: progress-bar range in updates.
-        show_progress: draw the tqdm bar.
+        total, initial: progress range in updates.
+        show_progress: show progress (a bar on a terminal, plain lines otherwise).
+        every: plain-line interval in updates (default: a tenth of the run).
     """
 
     def __init__(
@@ -52,19 +55,20 @@ class MetricsLogger:
         total: int,
         initial: int = 0,
         show_progress: bool = True,
+        every: int | None = None,
     ) -> None:
-        from tqdm.auto import tqdm
+        from nara.progress import Progress
 
         self.accelerator = accelerator
         self.path = Path(path)
         self.main = accelerator.is_main_process
-        self.bar = tqdm(
-            total=total,
+        self.bar = Progress(
+            total,
             initial=initial,
             desc="train",
             unit="upd",
-            disable=not (show_progress and self.main),
-            dynamic_ncols=True,
+            enabled=show_progress and self.main,
+            every=every,
         )
         self.last_loss: float | None = None
         self.start = self.tick = time.perf_counter()
@@ -115,10 +119,10 @@ class MetricsLogger:
         self.tick = now
         self.last_loss = record["loss"]
         self._reset()
-        self.bar.update(1)
-        self.bar.set_postfix(
+        self.bar.update(
+            1,
             loss=f"{record['loss']:.4f}",
-            lam=f"{record['lam']:.2f}",
+            λ=f"{record['lam']:.2f}",
             lr=f"{record['lr']:.2e}",
             tok_s=f"{record['tokens_per_s']:.0f}",
         )
@@ -134,7 +138,7 @@ class MetricsLogger:
             f.write(json.dumps(record) + "\n")
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         self.accelerator.log(scalars, step=record["step"])
-        if "val_loss" in record:
+        if "val_loss" in record and self.bar.enabled:
             self.bar.write(f"step {record['step']}: val_loss {record['val_loss']:.4f}")
 
     def close(self) -> None:

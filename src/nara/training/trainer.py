@@ -96,7 +96,7 @@ class Trainer:
         config: the validated recipe.
         loaded: optional ``(model, tokenizer, mask_token_id)`` to use instead of
             ``load_model(config.model.name)`` (tests and the demo pass an in-memory model).
-        show_progress: draw the tqdm bar on the main process.
+        show_progress: show progress on the main process (a bar on a terminal, else lines).
     """
 
     def __init__(
