@@ -58,7 +58,7 @@ def run_benchmarks(
             results[section][size] = SUITES[section](size, options)
             gc.collect()  # the section's models hold reference cycles (hub, groups)
             results["meta"]["load_average_end"] = load_average()
-            results["targets"] = evaluate_targets(results)
+            results["targets"] = evaluate_targets(results, quick=options.quick)
             if json_path is not None:
                 write_json(results, json_path)
     return results
@@ -70,11 +70,22 @@ def write_json(results: dict[str, Any], path: str | Path) -> None:
     path.write_text(json.dumps(results, indent=1) + "\n")
 
 
+SMOKE_TEST = (
+    "--quick is a smoke test: small shapes and two rounds check that every benchmark runs; its "
+    "timings cannot judge the speed targets, so those are left out (run `nara bench` for them)."
+)
+
+
 def run_and_report(args: argparse.Namespace, command: str) -> int:
     """Run, print the tables and write the JSON; returns the exit status (0)."""
-    results = run_benchmarks(options_from_args(args), command, args.json)
+    options = options_from_args(args)
+    if options.quick:
+        print(SMOKE_TEST, file=sys.stderr, flush=True)
+    results = run_benchmarks(options, command, args.json)
     meta = results["meta"]
     m = meta["machine"]
+    if options.quick:
+        print(f"{SMOKE_TEST}\n")
     print(
         f"{m['cpu']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch threads, "
         f"torch {m['torch']}, peft {m['peft']}, {m['date']}; load average "

@@ -14,13 +14,16 @@ needs less than an earlier one shows no rise at all.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
 import re
 import statistics
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +72,10 @@ def peak_memory(call: Callable[[], object], device: torch.device) -> int:
         call()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        _without_profiler_lines(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         call()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     live = peak = 0
@@ -77,6 +83,31 @@ def peak_memory(call: Callable[[], object], device: torch.device) -> int:
         live += event.nbytes()  # negative for a free
         peak = max(peak, live)
     return peak
+
+
+_PROFILER_LINE = re.compile(rb"^(USDT|STAGE):\S+ \S+ \d+:\d+ \w+\.cpp:\d+\]")
+
+
+@contextlib.contextmanager
+def _without_profiler_lines() -> Iterator[None]:
+    """Drop the lines torch's profiler library writes to file descriptor 2 at every start and
+    stop (``USDT:... profiler_start``); anything else written meanwhile is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().splitlines(keepends=True)
+            kept = [line for line in lines if not _PROFILER_LINE.match(line)]
+            if kept:
+                sys.stderr.write(b"".join(kept).decode(errors="replace"))
+                sys.stderr.flush()
 
 
 def paired_ratio(a: Measurement, b: Measurement) -> float:
