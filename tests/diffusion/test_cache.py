@@ -330,3 +330,61 @@ def test_models_the_cache_cannot_serve_are_refused() -> None:
             steps=4,
             cache="dual",
         )
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+
+@pytest.fixture
+def sampler_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Every keyword set ``nara.diffusion.generate`` is called with (answers all EOS)."""
+    import nara.diffusion
+
+    calls: list[dict] = []
+
+    def spy(model, ids, mask=None, **kwargs):
+        calls.append(kwargs)
+        return torch.zeros(ids.shape[0], kwargs["gen_length"], dtype=torch.long)
+
+    monkeypatch.setattr(nara.diffusion, "generate", spy)
+    return calls
+
+
+def test_cli_eval_and_lm_eval_settings_reach_the_sampler_and_the_fingerprint(
+    sampler_calls,
+) -> None:
+    import argparse
+
+    from nara.commands import eval as eval_command
+    from nara.commands._common import generate_fn_from_args
+    from nara.evaluation.runner import GenerationSettings, make_generate_fn
+    from nara.models import load_model
+
+    loaded = load_model("tiny")
+    parser = argparse.ArgumentParser()
+    eval_command.add_arguments(parser)
+    flags = ["--task", "arithmetic", "--cache", "dual", "--cache-tolerance", "0.05"]
+    args = parser.parse_args([*flags, "--threshold", "0.9"])
+    generate_fn_from_args(args, loaded.model, loaded.tokenizer, loaded.mask_token_id)(["1+1"], 4)
+    settings = GenerationSettings(cache="prefix", cache_tolerance=0.1, threshold=0.8)
+    make_generate_fn(loaded.model, loaded.tokenizer, mask_token_id=1, settings=settings)(["a"], 4)
+    picked = [{k: c[k] for k in ("cache", "cache_tolerance", "threshold")} for c in sampler_calls]
+    assert picked == [
+        {"cache": "dual", "cache_tolerance": 0.05, "threshold": 0.9},
+        {"cache": "prefix", "cache_tolerance": 0.1, "threshold": 0.8},
+    ]
+    recorded = eval_command.generator_identity(args)[0]["sampler"]
+    assert (recorded["cache"], recorded["cache_tolerance"]) == ("dual", 0.05)
+    plain = eval_command.generator_identity(parser.parse_args(["--task", "arithmetic"]))[0]
+    assert plain["sampler"]["cache"] == "none"
+
+
+def test_grid_evaluation_takes_cache_settings_and_refuses_bad_ones() -> None:
+    from nara.experiments.grid import _evaluation
+
+    assert _evaluation({"cache": "dual", "cache_tolerance": 0.1})["cache"] == "dual"
+    assert "cache" not in _evaluation({"steps": 8})  # unset: older grids keep their settings
+    with pytest.raises(ValueError, match="unknown evaluation key"):
+        _evaluation({"cahce": "dual"})
+    with pytest.raises(ValueError, match="cache must be None, 'prefix' or 'dual'"):
+        _evaluation({"cache": "full"})

@@ -42,8 +42,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sampler_arguments(parser: argparse.ArgumentParser, gen_length: int | None = 64) -> None:
-    """--gen-length, --steps, --block-length, --remasking, --temperature, and Dream's sampler
-    options --sampler, --top-p, --top-k, --alg-temp."""
+    """--gen-length, --steps, --block-length, --remasking, --temperature, LLaDA's --threshold,
+    --cache, --cache-tolerance, and Dream's sampler options --sampler, --top-p, --top-k,
+    --alg-temp."""
     from_task = " (default: the task's)" if gen_length is None else ""
     parser.add_argument(
         "--gen-length", type=int, default=gen_length, help=f"answer tokens{from_task}"
@@ -57,6 +58,23 @@ def add_sampler_arguments(parser: argparse.ArgumentParser, gen_length: int | Non
         help="which predictions to commit first",
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="parallel decoding: commit every position at least this confident (0, 1]",
+    )
+    parser.add_argument(
+        "--cache",
+        default="none",
+        choices=("none", "prefix", "dual"),
+        help="key/value cache (LLaDA's sampler; docs/cache.md): reuse the keys/values before "
+        "the block (prefix) or also after it (dual) within a block; faster, approximate",
+    )
+    parser.add_argument(
+        "--cache-tolerance",
+        type=float,
+        help="also recompute a sample's cache when its noise level moved by more than this",
+    )
     parser.add_argument(
         "--sampler",
         choices=("llada", "dream", "mdlm"),
@@ -134,6 +152,9 @@ def check_inference_arguments(args: argparse.Namespace) -> str:
         args.block_length,
         temperature=args.temperature,
         remasking=args.remasking,
+        threshold=args.threshold,
+        cache=cache_mode(args.cache),
+        cache_tolerance=args.cache_tolerance,
     )
     if args.gen_length is not None:  # the prompt is checked too once tokenized
         check_length(max_length(_local_config(args.model)), 0, args.gen_length)
@@ -142,6 +163,11 @@ def check_inference_arguments(args: argparse.Namespace) -> str:
 
         check_adapter_folder(args.adapter)
     return resolve_device(args.device)
+
+
+def cache_mode(option: str) -> str | None:
+    """The ``cache=`` of :func:`nara.generate` for a ``--cache`` choice ("none" -> None)."""
+    return None if option == "none" else option
 
 
 def _local_config(model: str) -> dict[str, Any] | None:
@@ -193,6 +219,9 @@ def make_generate_fn(
     top_p: float | None = None,
     top_k: int | None = None,
     alg_temp: float | None = None,
+    threshold: float | None = None,
+    cache: str | None = None,
+    cache_tolerance: float | None = None,
 ) -> Callable[[list[str], int], list[str]]:
     """``fn(prompts, gen_length) -> answers``: left-padded batch through nara's sampler.
 
@@ -245,6 +274,9 @@ def make_generate_fn(
                 top_p=top_p,
                 top_k=top_k,
                 alg_temp=alg_temp,
+                threshold=threshold,
+                cache=cache,
+                cache_tolerance=cache_tolerance,
             )
         return tokenizer.batch_decode(out, skip_special_tokens=True)
 
@@ -272,4 +304,7 @@ def generate_fn_from_args(
         top_p=args.top_p,
         top_k=args.top_k,
         alg_temp=args.alg_temp,
+        threshold=args.threshold,
+        cache=cache_mode(args.cache),
+        cache_tolerance=args.cache_tolerance,
     )

@@ -29,7 +29,7 @@ class NaraLM(LM):
 
     model_args (all optional): pretrained ("tiny", a folder or a hub name), adapter (a folder
     saved by nara or PEFT), gen_length, steps, block_length, temperature, remasking, cfg_scale,
-    mc_samples (Monte-Carlo samples per loglikelihood request), batch_size, device, dtype,
+    threshold, cache (none, prefix, dual), cache_tolerance, mc_samples (Monte-Carlo samples per loglikelihood request), batch_size, device, dtype,
     chat_template (auto: contexts get the model's prompt template, its tokenizer's chat
     template or the embedded model's Question/Answer format, as in nara's training; never: sent
     as they are, e.g. with lm-eval's own --apply_chat_template).
@@ -48,6 +48,9 @@ class NaraLM(LM):
         temperature: float = 0.0,
         remasking: str = "low_confidence",
         cfg_scale: float = 0.0,
+        threshold: float | None = None,
+        cache: str | None = None,
+        cache_tolerance: float | None = None,
         mc_samples: int = 64,
         batch_size: int | str = 8,
         device: str | None = None,
@@ -82,6 +85,9 @@ class NaraLM(LM):
             temperature=float(temperature),
             remasking=remasking,
             cfg_scale=float(cfg_scale),
+            threshold=None if threshold is None else float(threshold),
+            cache=None if cache in (None, "none") else cache,
+            cache_tolerance=None if cache_tolerance is None else float(cache_tolerance),
             chat_template=chat_template,
         )
         self.default_gen_length = int(gen_length)

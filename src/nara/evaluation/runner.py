@@ -37,7 +37,8 @@ class GenerationSettings:
     (``auto``: its tokenizer's chat template when it has one, the embedded model's
     ``Question/Answer`` format; ``never``: prompts as they are; see
     :func:`nara.data.collate.encode_prompt`); seed: of the sampling noise, drawn per batch
-    (:func:`batch_seed`); the rest as in ``generate``.
+    (:func:`batch_seed`); the rest (``threshold``, ``cache``, ``cache_tolerance``, ...) as in
+    ``generate``.
     """
 
     gen_length: int | None = None
@@ -47,6 +48,8 @@ class GenerationSettings:
     remasking: str = "low_confidence"
     cfg_scale: float = 0.0
     threshold: float | None = None
+    cache: str | None = None
+    cache_tolerance: float | None = None
     chat_template: str = "auto"
     seed: int = 0
 
@@ -95,6 +98,8 @@ def make_generate_fn(
             cfg_scale=settings.cfg_scale,
             eos_token_id=tokenizer.eos_token_id,
             threshold=settings.threshold,
+            cache=settings.cache,
+            cache_tolerance=settings.cache_tolerance,
             generator=torch.Generator(device=device).manual_seed(
                 batch_seed(settings.seed, prompts, length)
             ),

@@ -14,7 +14,9 @@ A grid file has these keys (see configs/experiments/methods.yaml for a commented
 - ``methods``: ``{label: {method: <adapter method or "base">, <adapter fields>...}}``.
 - ``ablation``: optional ``{variant: {<adapter fields>}}``, crossed with every method that has
   all of the variant's fields (label ``<method>-<variant>``).
-- ``evaluation``: ``limit``, ``batch_size``, ``gen_length``, ``steps`` of the test-split scoring.
+- ``evaluation``: ``limit``, ``batch_size``, ``gen_length``, ``steps`` of the test-split scoring,
+  and optionally the sampler's ``block_length``, ``threshold``, ``cache`` (none, prefix, dual)
+  and ``cache_tolerance`` (as in ``nara eval``; docs/cache.md).
 - ``profile``: ``enabled``, ``examples``, ``bins``, ``samples_per_bin``, ``seed`` of the noise
   profile drawn per task (first seed's adapters vs the base).
 
@@ -44,6 +46,9 @@ KEYS = (
     "profile",
 )
 EVALUATION_DEFAULTS = {"limit": 100, "batch_size": 32, "gen_length": None, "steps": None}
+# optional sampler settings of the evaluation: recorded only when given, so grids evaluated before
+# they existed keep their settings (and resume)
+EVALUATION_SAMPLER_KEYS = ("block_length", "threshold", "cache", "cache_tolerance")
 PROFILE_DEFAULTS = {"enabled": True, "examples": 32, "bins": 10, "samples_per_bin": 1, "seed": 0}
 
 
@@ -257,7 +262,7 @@ def grid_from_dict(raw: dict[str, Any], *, default_name: str = "grid") -> Grid:
         recipe=dict(raw.get("recipe") or {}),
         methods={str(k): dict(v) for k, v in methods.items()},
         ablation={str(k): dict(v or {}) for k, v in (raw.get("ablation") or {}).items()},
-        evaluation={**EVALUATION_DEFAULTS, **(raw.get("evaluation") or {})},
+        evaluation=_evaluation(raw.get("evaluation") or {}),
         profile={**PROFILE_DEFAULTS, **(raw.get("profile") or {})},
     )
     if not grid.tasks or not grid.seeds or not grid.methods:
@@ -268,6 +273,28 @@ def grid_from_dict(raw: dict[str, Any], *, default_name: str = "grid") -> Grid:
         if run.recipe is not None:
             RecipeConfig.from_dict(run.recipe)  # raises ConfigError naming the bad key
     return grid
+
+
+def _evaluation(raw: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation section with its defaults, its keys and sampler settings checked."""
+    from nara.diffusion.sampling import check_settings
+
+    unknown = sorted(set(raw) - set(EVALUATION_DEFAULTS) - set(EVALUATION_SAMPLER_KEYS))
+    if unknown:
+        keys = ", ".join([*EVALUATION_DEFAULTS, *EVALUATION_SAMPLER_KEYS])
+        raise ValueError(f"unknown evaluation key(s) {unknown}; evaluation keys: {keys}")
+    ev = {**EVALUATION_DEFAULTS, **raw}
+    if ev.get("cache") == "none":
+        ev["cache"] = None
+    check_settings(
+        ev["gen_length"],
+        ev["steps"],
+        ev.get("block_length"),
+        threshold=ev.get("threshold"),
+        cache=ev.get("cache"),
+        cache_tolerance=ev.get("cache_tolerance"),
+    )
+    return ev
 
 
 def load_grid(path: str | Path, overrides: list[str] = ()) -> Grid:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from nara.experiments.grid import Grid, RunSpec
+from nara.experiments.grid import EVALUATION_SAMPLER_KEYS, Grid, RunSpec
 
 METRICS = "metrics.json"
 
@@ -68,7 +68,10 @@ def _evaluate(model: Any, tokenizer: Any, mask_token_id: int, run: RunSpec, grid
     identity = {"model": model_identity(grid.model_name()), "evaluation": dict(ev)}
     if not run.is_base:
         identity["adapter"] = adapter_identity(run.run_dir / "final")
-    generate_fn = make_generate_fn(model.eval(), tokenizer, mask_token_id, steps=ev["steps"])
+    sampler = {key: ev.get(key) for key in EVALUATION_SAMPLER_KEYS}
+    generate_fn = make_generate_fn(
+        model.eval(), tokenizer, mask_token_id, steps=ev["steps"], **sampler
+    )
     if ev["gen_length"]:
         fixed = generate_fn
         generate_fn = lambda prompts, _length: fixed(prompts, ev["gen_length"])  # noqa: E731
