@@ -12,9 +12,10 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import torch
+if TYPE_CHECKING:  # only an annotation: importing torch here made every `nara eval` load it
+    import torch
 
 
 def is_terminal(stream: TextIO | None = None) -> bool:
