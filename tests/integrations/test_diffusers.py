@@ -1,0 +1,273 @@
+"""nara adapters on tiny diffusers models built in code: λ from the timestep, interop, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nara
+from nara.adapters.inject import adapter_layers, adapter_parameters
+from nara.integrations.diffusers import (
+    ATTENTION_TARGETS,
+    add_diffusers_adapters,
+    denoising_loss,
+    diffusers_targets,
+    load_diffusers_adapters,
+    save_diffusers_lora,
+    timestep_noise,
+)
+
+diffusers = pytest.importorskip("diffusers")
+
+B, C, S, D = 3, 4, 8, 8  # batch, latent channels, latent size, text width
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions run far faster on one thread than spread over busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_unet(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return diffusers.UNet2DConditionModel(
+        sample_size=S,
+        in_channels=C,
+        out_channels=C,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=D,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    ).eval()
+
+
+def inputs(b: int = B, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, C, S, S, generator=g), torch.randn(b, 3, D, generator=g)
+
+
+def nara_unet(**kwargs) -> torch.nn.Module:
+    """A tiny UNet with NaRA whose hypernetwork is moved off C = I (so λ matters)."""
+    unet = add_diffusers_adapters(tiny_unet(), nara.NaRAConfig(r=4, hidden_sizes=[16]), **kwargs)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in adapter_parameters(unet).values():
+            p.normal_(0, 0.3)
+    return unet
+
+
+def record_lambda(unet: torch.nn.Module) -> list[torch.Tensor]:
+    """Every λ the shared hypernetwork receives, one entry per forward."""
+    seen: list[torch.Tensor] = []
+    hyper = unet.nara_hub.conditioners["global"]
+    hyper.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    return seen
+
+
+def test_preset_targets_and_identity_at_init():
+    base, unet = tiny_unet(), tiny_unet()
+    add_diffusers_adapters(unet, nara.NaRAConfig(r=4, hidden_sizes=[16]))
+    assert unet.nara_hub.config.target_modules == list(ATTENTION_TARGETS)
+    names = list(adapter_layers(unet))
+    assert len(names) == 4 * 2 * 4  # 4 transformer blocks (down, mid, 2 up) × (self, cross) × 4
+    assert all(n.rsplit(".", 2)[-2:] != ["ff", "net"] for n in names)
+    x, e = inputs()
+    t = torch.tensor([10, 500, 999])
+    with torch.no_grad():
+        torch.testing.assert_close(unet(x, t, e).sample, base(x, t, e).sample)
+    assert "ff.net.2" in diffusers_targets(base, feed_forward=True)
+
+
+def test_lambda_per_sample_from_timestep_positional_and_keyword():
+    unet = nara_unet()
+    seen = record_lambda(unet)
+    x, e = inputs()
+    t = torch.tensor([0, 250, 999])
+    with torch.no_grad():
+        unet(x, t, e)
+        unet(sample=x, timestep=t.float(), encoder_hidden_states=e)
+        unet(x, 400, e)  # a scalar: one λ for the batch
+    for lam in seen[:2]:
+        torch.testing.assert_close(lam, t.float() / 1000)
+    torch.testing.assert_close(seen[2], torch.tensor([0.4]))
+    assert unet.nara_hub.noise == (None, None)  # popped after each call
+
+
+def test_batch_equals_one_by_one_and_noise_level_overrides():
+    unet = nara_unet()
+    x, e = inputs()
+    t = torch.tensor([20, 600, 990])
+    with torch.no_grad():
+        batch = unet(x, t, e).sample
+        alone = torch.cat([unet(x[i : i + 1], t[i : i + 1], e[i : i + 1]).sample for i in range(B)])
+        torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-4)
+        seen = record_lambda(unet)
+        with nara.noise_level(unet, 0.3):  # an explicit λ wins over the timestep's
+            other = unet(x, t, e).sample
+    torch.testing.assert_close(seen[0], torch.tensor([0.3]))
+    assert (other - batch).abs().max() > 1e-3  # and λ changes the output
+
+
+def test_scheduler_range_and_clear_errors():
+    sched = diffusers.DDPMScheduler(num_train_timesteps=100)
+    unet = nara_unet(scheduler=sched)
+    seen = record_lambda(unet)
+    x, e = inputs()
+    with torch.no_grad():
+        unet(x, torch.tensor([0, 50, 100]), e)
+        torch.testing.assert_close(seen[0], torch.tensor([0.0, 0.5, 1.0]))
+        with pytest.raises(ValueError, match=r"outside the schedule's range \[0, 100\]"):
+            unet(x, torch.tensor([0, 50, 101]), e)
+        with pytest.raises(ValueError, match="outside"):
+            unet(x, torch.tensor([-1.0, 0.0, 1.0]), e)
+        with pytest.raises(ValueError, match="outside"):
+            timestep_noise(float("nan"), 1000)
+        unet(x, 10, e)  # the hooks recovered from the errors: nothing left on the stack
+    assert unet.nara_hub.noise == (None, None)
+
+    class NoTimestep(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.to_q = torch.nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.to_q(x)
+
+    with pytest.raises(ValueError, match="no `timestep` argument"):
+        add_diffusers_adapters(NoTimestep(), nara.NaRAConfig(r=2, target_modules=["to_q"]))
+
+
+def test_flux_and_sd3_transformers():
+    torch.manual_seed(0)
+    flux = diffusers.FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=4,
+        num_attention_heads=2,
+        joint_attention_dim=8,
+        pooled_projection_dim=8,
+        axes_dims_rope=(0, 2, 2),
+    )
+    config = nara.NaRAConfig(r=2, hidden_sizes=[8])
+    add_diffusers_adapters(flux, config, feed_forward=True)
+    assert {"add_q_proj", "to_add_out", "ff_context.net.2"} <= set(
+        flux.nara_hub.config.target_modules
+    )
+    seen = record_lambda(flux)
+    sigma = torch.tensor([0.25, 0.9])  # Flux pipelines pass σ = t / 1000
+    with torch.no_grad():
+        flux(
+            hidden_states=torch.randn(2, 16, 4),
+            encoder_hidden_states=torch.randn(2, 3, 8),
+            pooled_projections=torch.randn(2, 8),
+            timestep=sigma,
+            img_ids=torch.zeros(16, 3),
+            txt_ids=torch.zeros(3, 3),
+        )
+    torch.testing.assert_close(seen[0], sigma)
+
+    sd3 = diffusers.SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=4,
+        num_attention_heads=2,
+        joint_attention_dim=8,
+        caption_projection_dim=8,
+        pooled_projection_dim=8,
+        out_channels=4,
+        pos_embed_max_size=8,
+    )
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    add_diffusers_adapters(sd3, config, scheduler=sched)
+    seen = record_lambda(sd3)
+    sched.set_timesteps(4)
+    t = sched.timesteps[1].expand(2)  # SD3's pipeline: σ·1000 per sample
+    with torch.no_grad():
+        sd3(torch.randn(2, 4, 8, 8), torch.randn(2, 3, 8), torch.randn(2, 8), t)
+    torch.testing.assert_close(seen[0], sched.sigmas[1].expand(2))
+
+
+def test_sampling_loop_runs_end_to_end():
+    unet = nara_unet()
+    sched = diffusers.DDIMScheduler()
+    sched.set_timesteps(4)
+    x, e = inputs(2)
+    seen = record_lambda(unet)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            eps = unet(torch.cat([x, x]), t, torch.cat([e, torch.zeros_like(e)])).sample
+            cond, uncond = eps.chunk(2)
+            x = sched.step(uncond + 5.0 * (cond - uncond), t, x).prev_sample
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(torch.cat(seen), sched.timesteps.float() / 1000)
+
+
+def test_lora_loads_in_diffusers_own_loader(tmp_path):
+    pytest.importorskip("peft")
+    ours = add_diffusers_adapters(tiny_unet(), nara.LoRAConfig(r=4, alpha=8.0))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in adapter_parameters(ours).values():
+            p.normal_(0, 0.3)
+    file = save_diffusers_lora(ours, tmp_path)
+    theirs = tiny_unet()
+    theirs.load_lora_adapter(str(tmp_path), prefix="unet", weight_name=file.name)
+    x, e = inputs()
+    t = torch.tensor([5, 300, 800])
+    with torch.no_grad():
+        want = ours(x, t, e).sample
+        got = theirs(x, t, e).sample
+        base = tiny_unet()(x, t, e).sample
+    assert (want - base).abs().max() > 1e-2  # the LoRA changes the output
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_nara_save_load_exact_and_merge_refused(tmp_path):
+    unet = nara_unet()
+    with pytest.raises(ValueError, match="plain LoRA only, not nara"):
+        save_diffusers_lora(unet, tmp_path / "lora")
+    with pytest.raises(ValueError, match="cannot be merged for all λ"):
+        nara.merge_adapters(unet)
+    nara.save_adapters(unet, tmp_path / "nara")
+    back = load_diffusers_adapters(tiny_unet(), tmp_path / "nara")
+    x, e = inputs()
+    t = torch.tensor([1, 444, 999])
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, t, e).sample, unet(x, t, e).sample, rtol=0, atol=0)
+    # plain nara.load_adapters restores the weights too; λ then comes from noise_level
+    plain = nara.load_adapters(tiny_unet(), tmp_path / "nara")
+    with torch.no_grad(), nara.noise_level(plain, t.float() / 1000):
+        torch.testing.assert_close(plain(x, t, e).sample, unet(x, t, e).sample, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_training_steps_lower_the_denoising_loss(prediction):
+    config = nara.NaRAConfig(r=4, hidden_sizes=[16])
+    unet = add_diffusers_adapters(tiny_unet(), config, feed_forward=True)  # C = I, B = 0
+    sched = diffusers.DDPMScheduler(prediction_type=prediction)
+    x, e = inputs(4)
+    t = torch.tensor([100, 300, 600, 900])
+    seen = record_lambda(unet)
+    opt = torch.optim.Adam([p for p in unet.parameters() if p.requires_grad], lr=1e-2)
+    unet.train()
+    losses = []
+    for _ in range(12):
+        g = torch.Generator().manual_seed(0)  # the same noise every step: a fixed batch
+        loss = denoising_loss(unet, sched, x, e, timesteps=t, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]
+    torch.testing.assert_close(seen[-1], t.float() / 1000)  # λ from the sampled timesteps
+    assert unet.nara_hub.conditioners["global"].net[-1].weight.grad.abs().sum() > 0
