@@ -17,7 +17,7 @@ from nara.cli import main  # noqa: E402
 from nara.data.records import RecordFormatError, load_records  # noqa: E402
 from nara.evaluation.runner import run_eval  # noqa: E402
 from nara.training.config import ConfigError, load_recipe  # noqa: E402
-from nara.training.data import load_source, split_records  # noqa: E402
+from nara.training.data import check_sources, load_source, split_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,3 +161,28 @@ def test_scorers_are_chosen_by_name_for_a_file(tmp_path, scorer, answers, genera
     rows = [json.loads(line) for line in (tmp_path / "out" / "own.jsonl").read_text().splitlines()]
     assert [r["correct"] for r in rows] == correct
     assert result["tasks"]["own"]["score"] == 100.0 * sum(correct) / len(correct)
+
+
+def test_hub_dataset_names_load_with_mapped_columns(monkeypatch):
+    """A `datasets` name goes through load_dataset (a stand-in here: no downloads in tests)."""
+    import types
+
+    calls = []
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return [{"question": "1+1=", "label": 2}, {"question": "2+3=", "label": 5}]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    config = load_recipe(None, ["data.source=hf:someone/sums", "data.columns=prompt=question,answer=label"])  # fmt: skip
+    check_sources(config.data)
+    train, _ = split_records(config.data, seed=0)
+    assert calls == [("someone/sums", None, "train")]
+    assert [(r.prompt, r.answer) for r in train] == [("1+1=", "2"), ("2+3=", "5")]
+
+
+def test_hub_name_without_datasets_is_named_before_the_model_loads(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
+    config = load_recipe(None, ["data.source=someone/sums"])
+    with pytest.raises(ImportError, match=r"'someone/sums' is read as a Hugging Face dataset"):
+        check_sources(config.data)
