@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 
@@ -37,12 +38,23 @@ def denoise(
 
     Position i of the result is the prediction for token i whatever the model family's logit
     convention (:func:`nara.models.families.token_logits`): every caller reads it that way."""
-    from nara.adapters.trajectory import route_context
     from nara.models.families import token_logits
 
-    with noise_context(model, lam, density), route_context(model, prompt):
+    with denoise_context(model, lam, density, prompt):
         output = model(input_ids, attention_mask=attention_mask, **model_kwargs)
         return token_logits(model, output.logits)
+
+
+@contextmanager
+def denoise_context(
+    model: torch.nn.Module, lam: torch.Tensor, density: torch.Tensor, prompt: torch.Tensor
+) -> Iterator[None]:
+    """The contexts of :func:`denoise`'s model call (λ and density for the adapters, the prompt
+    positions for a trajectory router), for callers that run the model's head apart."""
+    from nara.adapters.trajectory import route_context
+
+    with noise_context(model, lam, density), route_context(model, prompt):
+        yield
 
 
 def check_token_id(model: torch.nn.Module, token_id: int, name: str = "mask_token_id") -> None:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from nara.diffusion._model import check_token_id, denoise
+from nara.diffusion._model import check_token_id, denoise, denoise_context
 from nara.diffusion.masking import EPS, forward_process, local_mask_density, masked_fraction
 
 NORMALIZATIONS = ("answer_length", "token", "batch")
@@ -124,6 +125,81 @@ def _loglinear_time(
     return (1.0 - eps) * t + eps if schedule == "loglinear" else None
 
 
+HEAD_CHUNK_BYTES = 1 << 27  # float32 logits of one head chunk under the masked-head loss
+
+
+def splits_head(model: torch.nn.Module) -> bool:
+    """Whether the model can compute its output head apart from its trunk: it has
+    ``head_logits`` and takes ``head=False`` (nara's native families), and no forward hook on
+    the root rewrites its output (prompt tuning cuts its virtual positions from the logits)."""
+    return callable(getattr(model, "head_logits", None)) and not model._forward_hooks
+
+
+def _full_logits_ce(
+    model: torch.nn.Module, context: tuple, masked: torch.Tensor, input_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 CE (N,) at the masked positions (row-major order) and the number of right
+    argmax predictions, from the model's full (B, T, V) logits."""
+    logits = denoise(model, *context)  # (B, T, V)
+    masked_logits = logits[masked].float()  # (N, V): float32 only where it is needed
+    targets = input_ids[masked]  # (N,)
+    ce = F.cross_entropy(masked_logits, targets, reduction="none")  # (N,)
+    return ce, (masked_logits.detach().argmax(-1) == targets).sum()
+
+
+def _head_chunk_ce(
+    model: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CE (B, C) float32 and right-argmax flags (B, C) of one chunk of C positions per sample."""
+    logits = model.head_logits(hidden, ids).float()  # (B, C, V)
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    return ce.view_as(targets), (logits.detach().argmax(-1) == targets)
+
+
+def _masked_head_ce(
+    model: torch.nn.Module,
+    context: tuple,
+    masked: torch.Tensor,
+    input_ids: torch.Tensor,
+    head_chunk: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`_full_logits_ce` returns, with the head run only at the masked positions.
+
+    Each sample's K_max first slots hold its masked token positions in order (the rest are
+    padding, dropped after); the hidden states are read at the logit positions that predict
+    them (:func:`~nara.models.families.logit_positions`, so every family's convention holds),
+    keeping the batch dimension so per-sample conditioning broadcasts as in the full forward.
+    Needs at least one masked position.
+    """
+    from nara.models.families import logit_positions
+
+    noisy = context[0]
+    counts = masked.sum(-1)  # (B,)
+    k = int(counts.max())
+    order = masked.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :k]  # (B, K)
+    valid = torch.arange(k, device=masked.device)[None, :] < counts[:, None]  # (B, K)
+    source = logit_positions(model, order)  # (B, K) logit position of each masked token
+    with denoise_context(model, *context[2:]):
+        hidden = model(noisy, attention_mask=context[1], head=False).last_hidden_state
+        hidden = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
+        ids, targets = noisy.gather(1, source), input_ids.gather(1, order)  # (B, K)
+        per_position = 4 * model.config.vocab_size * noisy.shape[0]  # float32 bytes
+        size = head_chunk or max(1, HEAD_CHUNK_BYTES // per_position)
+        parts = [
+            checkpoint(
+                _head_chunk_ce,
+                model,
+                hidden[:, i : i + size],
+                ids[:, i : i + size],
+                targets[:, i : i + size],
+                use_reentrant=False,
+            )
+            for i in range(0, k, size)
+        ]
+    ce, right = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+    return ce[valid], right[valid].sum()
+
+
 def diffusion_loss(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -136,6 +212,8 @@ def diffusion_loss(
     t: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     schedule: str | None = None,
+    masked_head: bool = True,
+    head_chunk: int | None = None,
 ) -> LossOutput:
     """LLaDA's masked-diffusion loss with the noise context set for noise-aware adapters.
 
@@ -168,6 +246,14 @@ def diffusion_loss(
             NELBO: t' = (1 − ε)·t + ε, masking probability (1 − ε)·t', and each masked token's
             CE weighted by dσ/expm1(σ) = 1/t' instead of 1/p); None: the model family's
             (log-linear for MDLM, linear otherwise).
+        masked_head: compute the output head and the cross-entropy only at the masked
+            positions, in chunks of ``head_chunk`` positions per sample, each recomputed in
+            backward, instead of materialising (B, T, V) logits: the same loss and gradients,
+            with logits memory bounded by one chunk (docs/memory.md). Used when the model
+            splits its head (:func:`splits_head`: nara's LLaDA, Dream and MDLM without
+            output hooks); other models, and False, take the full logits.
+        head_chunk: positions per sample in one chunk; None sizes a chunk to about
+            :data:`HEAD_CHUNK_BYTES` of float32 logits.
 
     Returns:
         :class:`LossOutput`.
@@ -175,8 +261,12 @@ def diffusion_loss(
     Raises:
         ValueError: on inconsistent shapes, an unknown normalisation, padding marked maskable,
             a mask token id that is out of the vocabulary or already present in the input, a t
-            outside [0, 1] or NaN, or an eps outside [0, 1).
+            outside [0, 1] or NaN, an eps outside [0, 1), or a head_chunk below 1.
     """
+    if head_chunk is not None and (isinstance(head_chunk, bool) or head_chunk < 1):
+        raise ValueError(
+            f"head_chunk must be a positive int (or None: automatic), got {head_chunk!r}"
+        )
     check_token_id(model, mask_token_id)
     _check_inputs(input_ids, maskable, mask_token_id, attention_mask, normalization, eps)
     maskable = maskable.bool()
@@ -201,12 +291,13 @@ def diffusion_loss(
     lam = masked_fraction(masked, maskable)  # (B,)
     density = local_mask_density(masked, maskable)  # (B,)
     prompt = ~maskable if attention_mask is None else attention_mask.bool() & ~maskable
-    logits = denoise(model, noisy, attention_mask, lam, density, prompt)  # (B, T, V)
+    context = (noisy, attention_mask, lam, density, prompt)
+    if masked_head and splits_head(model) and bool(masked.any()):
+        ce, correct = _masked_head_ce(model, context, masked, input_ids, head_chunk)
+    else:
+        ce, correct = _full_logits_ce(model, context, masked, input_ids)
 
     rows = masked.nonzero(as_tuple=True)[0]  # (N,) sample index of each masked position
-    masked_logits = logits[masked].float()  # (N, V): float32 only where it is needed
-    targets = input_ids[masked]  # (N,)
-    ce = F.cross_entropy(masked_logits, targets, reduction="none")  # (N,)
     b = input_ids.shape[0]
     sample_loss = torch.zeros(b, device=ce.device).index_add(0, rows, ce / weight[rows])
     n_maskable = maskable.sum(-1).float()  # (B,)
@@ -220,7 +311,6 @@ def diffusion_loss(
     with torch.no_grad():
         n_masked = masked.sum(-1)  # (B,)
         ce_sum = torch.zeros(b, device=ce.device).index_add(0, rows, ce.detach())
-        correct = (masked_logits.argmax(-1) == targets).sum()
     return LossOutput(
         loss=loss,
         lam=lam,

@@ -26,9 +26,15 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import MaskedLMOutput
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
-from nara.models.llada import RMSNorm, apply_rotary, bidirectional_attention, rotary_cos_sin
+from nara.models.llada import (
+    RMSNorm,
+    apply_rotary,
+    bidirectional_attention,
+    headless_output,
+    rotary_cos_sin,
+)
 
 
 class DreamConfig(PretrainedConfig):
@@ -257,8 +263,9 @@ class DreamModel(PreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head: bool = True,
         **kwargs: Any,
-    ) -> MaskedLMOutput | tuple[torch.Tensor, ...]:
+    ) -> MaskedLMOutput | BaseModelOutput | tuple[torch.Tensor, ...]:
         """Raw logits (B, T, V) in the model's dtype; ``logits[:, i]`` predicts token i + 1.
 
         Args:
@@ -268,6 +275,9 @@ class DreamModel(PreTrainedModel):
                 rotary embedding depends only on relative positions). Otherwise bidirectional.
             labels: accepted and ignored: ``nara.diffusion.diffusion_loss`` computes the loss.
             output_hidden_states: also return the input of every layer and the final output.
+            head: False returns the final hidden state (B, T, hidden_size) as
+                ``last_hidden_state`` instead of logits; :meth:`head_logits` computes them where
+                needed (the diffusion loss's masked positions, in chunks).
             kwargs: other transformers arguments (``output_attentions``, ...) are ignored.
 
         Raises:
@@ -285,11 +295,20 @@ class DreamModel(PreTrainedModel):
             x = layer(x, cos, sin, key_mask)
             if hidden is not None:
                 hidden.append(x)
-        logits = self.lm_head(self.model.norm(x))  # (B, T, V)
         states = tuple(hidden) if hidden is not None else None
+        if not head:
+            return headless_output(x, states, return_dict)
+        logits = self.head_logits(x)  # (B, T, V)
         if return_dict is False:
             return (logits,) if states is None else (logits, states)
         return MaskedLMOutput(logits=logits, hidden_states=states)
+
+    def head_logits(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Raw (shifted) logits (..., V) of final hidden states (..., hidden_size): final norm,
+        then ``lm_head``. ``input_ids`` is unused (the head of every native family takes it)."""
+        return self.lm_head(self.model.norm(hidden))
 
 
 def tiny_dream_config(**overrides: Any) -> DreamConfig:

@@ -145,7 +145,17 @@ def token_logits(model: Any, logits: torch.Tensor) -> torch.Tensor:
     """
     if logit_convention(model) == ALIGNED:
         return logits
-    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+    return logits[:, logit_positions(model, torch.arange(logits.shape[1], device=logits.device))]
+
+
+def logit_positions(model: Any, positions: torch.Tensor) -> torch.Tensor:
+    """The logit positions (same shape) that hold the predictions for the token ``positions``
+    (long, any shape): the same ones for aligned models; i − 1 for shifted ones, position 0
+    keeping its own logit. :func:`token_logits` reads logits through it, and so does the loss
+    that computes the head only at masked positions."""
+    if logit_convention(model) == ALIGNED:
+        return positions
+    return (positions - 1).clamp_min(0)
 
 
 def _family(model: Any) -> Family | None:

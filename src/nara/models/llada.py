@@ -27,7 +27,7 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import MaskedLMOutput
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
 # Fields of released LLaDA configs that would change the computation if switched on. This
 # implementation does not have them, so it refuses such a config instead of giving wrong logits.
@@ -343,8 +343,9 @@ class LLaDAModelLM(PreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         kv_cache: Any = None,
+        head: bool = True,
         **kwargs: Any,
-    ) -> MaskedLMOutput | tuple[torch.Tensor, ...]:
+    ) -> MaskedLMOutput | BaseModelOutput | tuple[torch.Tensor, ...]:
         """Logits (B, T, V) for every position, in the model's dtype.
 
         Args:
@@ -361,6 +362,9 @@ class LLaDAModelLM(PreTrainedModel):
                 rotated keys/values (B, H_kv, T, D) and that returns those of the whole
                 sequence (B, H_kv, S, D), recording or splicing). ``attention_mask`` then
                 covers the whole sequence (B, S); logits are for the T input positions.
+            head: False skips the output head and returns the final hidden state (B, T, d_model)
+                as ``last_hidden_state``; :meth:`head_logits` then computes logits only where
+                they are needed (the diffusion loss's masked positions, in chunks).
             kwargs: other transformers arguments (``output_attentions``, ...) are ignored.
 
         Raises:
@@ -380,11 +384,31 @@ class LLaDAModelLM(PreTrainedModel):
             x = block(x, cos, sin, key_mask, None if kv_cache is None else kv_cache.layer(i))
             if hidden is not None:
                 hidden.append(x)
-        logits = tr["ff_out"](tr["ln_f"](x))  # (B, T, V)
         states = tuple(hidden) if hidden is not None else None
+        if not head:
+            return headless_output(x, states, return_dict)
+        logits = self.head_logits(x)  # (B, T, V)
         if return_dict is False:
             return (logits,) if states is None else (logits, states)
         return MaskedLMOutput(logits=logits, hidden_states=states)
+
+    def head_logits(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (..., V) of final hidden states (..., d_model): final norm, then output head.
+        ``input_ids`` is unused (the head of every native family takes it)."""
+        tr = self.model.transformer
+        return tr["ff_out"](tr["ln_f"](hidden))
+
+
+def headless_output(
+    hidden: torch.Tensor, states: tuple[torch.Tensor, ...] | None, return_dict: bool | None
+) -> BaseModelOutput | tuple[torch.Tensor, ...]:
+    """A forward's output with ``head=False``: the final hidden state (B, T, d) (and the
+    per-block states when asked), shared by the native families."""
+    if return_dict is False:
+        return (hidden,) if states is None else (hidden, states)
+    return BaseModelOutput(last_hidden_state=hidden, hidden_states=states)
 
 
 def tiny_config(**overrides: Any) -> LLaDAConfig:

@@ -36,9 +36,14 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import MaskedLMOutput
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
-from nara.models.llada import apply_rotary, bidirectional_attention, rotary_cos_sin
+from nara.models.llada import (
+    apply_rotary,
+    bidirectional_attention,
+    headless_output,
+    rotary_cos_sin,
+)
 
 NEG_INFINITY = -1e6  # the released log-probability of impossible tokens
 
@@ -255,8 +260,9 @@ class MDLMModel(PreTrainedModel):
         subs: bool = True,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        head: bool = True,
         **kwargs: Any,
-    ) -> MaskedLMOutput | tuple[torch.Tensor, ...]:
+    ) -> MaskedLMOutput | BaseModelOutput | tuple[torch.Tensor, ...]:
         """SUBS log-probabilities (B, T, V) (or raw logits with ``subs=False``), float32.
 
         Args:
@@ -267,6 +273,9 @@ class MDLMModel(PreTrainedModel):
                 on, else ignored (taken as 0, as the released checkpoint is trained).
             subs: apply the SUBS parameterisation (see the module docstring).
             output_hidden_states: also return the input of every block and the final output.
+            head: False returns the final hidden state (B, T, d) as ``last_hidden_state``
+                instead of logits; :meth:`head_logits` computes them where needed (the
+                diffusion loss's masked positions, in chunks).
             kwargs: other transformers arguments are ignored.
 
         Raises:
@@ -287,9 +296,7 @@ class MDLMModel(PreTrainedModel):
             )
         bb = self.backbone
         x = bb.vocab_embed(input_ids)  # (B, T, d)
-        # without time conditioning the released model sees σ = 0
-        sigma = timesteps if self.config.time_conditioning else x.new_zeros(x.shape[0])
-        c = F.silu(bb.sigma_map(sigma))  # (B, cond_dim)
+        c = self._condition(x, timesteps)  # (B, cond_dim)
         key_mask = None if attention_mask is None else attention_mask.bool()
         head_dim = self.config.hidden_dim // self.config.n_heads
         cos, sin = rotary_cos_sin(x.shape[1], head_dim, 10000.0, x.device)  # (T, D)
@@ -298,13 +305,33 @@ class MDLMModel(PreTrainedModel):
             x = block(x, c, cos, sin, key_mask)
             if hidden is not None:
                 hidden.append(x)
-        logits = bb.output_layer(x, c).float()  # (B, T, V)
-        if subs:
-            logits = subs_log_probs(logits, input_ids, self.config.mask_token_id)
         states = tuple(hidden) if hidden is not None else None
+        if not head:
+            return headless_output(x, states, return_dict)
+        logits = self.head_logits(x, input_ids, timesteps, subs)  # (B, T, V)
         if return_dict is False:
             return (logits,) if states is None else (logits, states)
         return MaskedLMOutput(logits=logits, hidden_states=states)
+
+    def _condition(self, x: torch.Tensor, timesteps: torch.Tensor | None) -> torch.Tensor:
+        # without time conditioning the released model sees σ = 0
+        sigma = timesteps if self.config.time_conditioning else x.new_zeros(x.shape[0])
+        return F.silu(self.backbone.sigma_map(sigma))  # (B, cond_dim)
+
+    def head_logits(
+        self,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        timesteps: torch.Tensor | None = None,
+        subs: bool = True,
+    ) -> torch.Tensor:
+        """Float32 SUBS log-probabilities (B, K, V) (raw logits with ``subs=False``) of final
+        hidden states (B, K, d) at K positions of each sample, whose noisy ids (B, K) SUBS
+        needs; ``timesteps`` as in :meth:`forward`."""
+        logits = self.backbone.output_layer(hidden, self._condition(hidden, timesteps)).float()
+        if subs:
+            logits = subs_log_probs(logits, input_ids, self.config.mask_token_id)
+        return logits
 
 
 def subs_log_probs(
