@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -212,6 +214,69 @@ def test_sampling_loop_runs_end_to_end():
     torch.testing.assert_close(torch.cat(seen), sched.timesteps.float() / 1000)
 
 
+def tiny_pipeline(unet: torch.nn.Module, folder) -> object:
+    """A StableDiffusionPipeline of tiny random parts (a CLIP tokenizer on letters)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    files = [str(folder / "vocab.json"), str(folder / "merges.txt")]
+    tokenizer = CLIPTokenizer(*files, model_max_length=16)
+    torch.manual_seed(5)
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=D,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(8,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=C,
+        norm_num_groups=4,
+    )
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=diffusers.DDIMScheduler(clip_sample=False, steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    kwargs = {"num_inference_steps": 3, "height": S, "width": S, "output_type": "pt"}
+    return pipe("a cat", generator=g, **kwargs).images
+
+
+def test_pipeline_call_sets_lambda_with_no_user_code(tmp_path):
+    unet = nara_unet()
+    seen = record_lambda(unet)
+    pipe = tiny_pipeline(unet, tmp_path)
+    images = generate(pipe)
+    assert images.shape == (1, 3, S, S) and torch.isfinite(images).all()
+    # one λ per step (a scalar timestep over the doubled guidance batch): t / 1000
+    torch.testing.assert_close(torch.cat(seen), pipe.scheduler.timesteps.float() / 1000)
+
+
 def test_lora_loads_in_diffusers_own_loader(tmp_path):
     pytest.importorskip("peft")
     ours = add_diffusers_adapters(tiny_unet(), nara.LoRAConfig(r=4, alpha=8.0))
@@ -230,6 +295,13 @@ def test_lora_loads_in_diffusers_own_loader(tmp_path):
         base = tiny_unet()(x, t, e).sample
     assert (want - base).abs().max() > 1e-2  # the LoRA changes the output
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    # the same file through the pipeline loader gives the same images as nara's adapted UNet
+    (tmp_path / "tok").mkdir()
+    fresh = tiny_pipeline(tiny_unet(), tmp_path / "tok")
+    fresh.load_lora_weights(str(tmp_path), weight_name=file.name)
+    theirs_images = generate(fresh)
+    ours_images = generate(tiny_pipeline(ours, tmp_path / "tok"))
+    torch.testing.assert_close(theirs_images, ours_images, atol=1e-5, rtol=1e-4)
 
 
 def test_nara_save_load_exact_and_merge_refused(tmp_path):
