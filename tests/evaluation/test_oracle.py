@@ -6,7 +6,7 @@ Skipped when ../shared/data is not beside the project (set NARA_DATA_DIR to poin
 
 import pytest
 
-from nara.evaluation import TASKS, data_dir, run_eval
+from nara.evaluation import TASKS, SandboxLimits, data_dir, run_eval
 
 try:
     DATA = data_dir()
@@ -47,6 +47,9 @@ def test_code_oracle_all_canonical_solutions_pass(tmp_path):
         output_dir=tmp_path,
         oracle=True,
         batch_size=128,
+        # a check of the data, the scorer and the sandbox, not of the time limit: MBPP 123
+        # computes for seconds and can pass the default 10 s on a loaded machine
+        sandbox=SandboxLimits(timeout=60.0),
         progress=False,
         print_table=False,
     )
