@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-SECTIONS = ("training", "batching", "sampling", "parameters")
+SECTIONS = ("training", "batching", "sampling", "parameters", "memory")
 SIZES = ("tiny", "mid")
 # what --quick changes: seconds instead of tens of minutes, same code paths
 QUICK = {"batch": 2, "seq": 32, "reps": 2, "gen_length": 8, "sample_reps": 1}
@@ -51,7 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser, only: str | None = None) -> N
         )
     parser.set_defaults(only_section=only)
     parser.add_argument(
-        "--sizes", type=_csv, default=d.sizes, help="model sizes: tiny,mid (parameters add 8b)"
+        "--sizes",
+        type=_csv,
+        default=d.sizes,
+        help="model sizes: tiny,mid (parameters and memory add 8b; memory measures at mid)",
     )
     parser.add_argument("--methods", type=_csv, help="training rows to keep (default: all)")
     parser.add_argument("--batch", type=int, default=d.batch, help="training batch size")

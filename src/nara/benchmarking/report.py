@@ -181,6 +181,10 @@ def markdown(results: dict[str, Any]) -> str:
         parts.append(sampling_table(size, r))
     if results.get("parameters"):
         parts.append(parameters_table(results["parameters"]))
+    if results.get("memory"):
+        from nara.benchmarking.memory import memory_table
+
+        parts.append(memory_table(results["memory"]))
     if results.get("targets"):
         parts.append(targets_table(results["targets"]))
     return "\n\n".join(parts)

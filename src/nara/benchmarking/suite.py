@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from nara.benchmarking.memory import memory_suite
 from nara.benchmarking.options import BenchOptions, add_arguments, options_from_args
 from nara.benchmarking.params import parameter_suite
 from nara.benchmarking.report import evaluate_targets, markdown
@@ -28,6 +29,7 @@ SUITES = {
     "batching": batching_suite,
     "sampling": sampling_suite,
     "parameters": parameter_suite,
+    "memory": memory_suite,
 }
 
 
@@ -50,8 +52,10 @@ def run_benchmarks(
     }
     for section in options.sections:
         sizes = [s for s in options.sizes if s != "8b"]
-        if section == "parameters":
+        if section in ("parameters", "memory"):
             sizes = [*sizes, "8b"]
+        if section == "memory":  # measured on one scaled model (at "mid"), analytic at 8b
+            sizes = [s for s in sizes if s != "tiny"]
         results[section] = {}
         for size in sizes:
             print(f"[nara bench] {section}, {size} ...", file=sys.stderr, flush=True)
