@@ -343,3 +343,67 @@ def test_training_steps_lower_the_denoising_loss(prediction):
     assert losses[-1] < 0.9 * losses[0]
     torch.testing.assert_close(seen[-1], t.float() / 1000)  # λ from the sampled timesteps
     assert unet.nara_hub.conditioners["global"].net[-1].weight.grad.abs().sum() > 0
+
+
+def test_dreambooth_command_trains_saves_and_resumes_exactly(tmp_path):
+    from PIL import Image
+
+    from nara.adapters.save import read_tensors
+    from nara.cli import main
+
+    (tmp_path / "tok").mkdir()
+    tiny_pipeline(tiny_unet(), tmp_path / "tok").save_pretrained(tmp_path / "pipe")
+    images = tmp_path / "images"
+    images.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(3):  # not square, not the training size: resized and centre-cropped
+        pixels = (torch.rand(12, 10, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(images / f"{i}.png")
+    common = [
+        "dreambooth",
+        "--pretrained_model_name_or_path", str(tmp_path / "pipe"),
+        "--instance_data_dir", str(images),
+        "--instance_prompt", "a photo of sks cat",
+        "--resolution", str(S),
+        "--rank", "2",
+        "--learning_rate", "1e-2",
+        "--checkpointing_steps", "2",
+        "--train_batch_size", "2",
+    ]  # fmt: skip
+    assert main([*common, "--output_dir", str(tmp_path / "a"), "--max_train_steps", "4"]) == 0
+    assert main([*common, "--output_dir", str(tmp_path / "b"), "--max_train_steps", "2"]) == 0
+    resume = ["--resume_from_checkpoint", "latest", "--max_train_steps", "4"]
+    assert main([*common, "--output_dir", str(tmp_path / "b"), *resume]) == 0
+    a = read_tensors(tmp_path / "a" / "final" / "adapter_model.safetensors")
+    b = read_tensors(tmp_path / "b" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # it trained
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines]
+    assert steps == [1, 2, 3, 4]
+    back = load_diffusers_adapters(tiny_unet(), tmp_path / "a" / "final")
+    assert back.nara_hub.config.r == 2
+
+
+def test_dreambooth_help_and_errors_before_loading(tmp_path, capsys):
+    from nara.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["dreambooth", "--help"])
+    assert info.value.code == 0
+    assert "examples:" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    base = ["dreambooth", "--instance_prompt", "p", "--output_dir", str(tmp_path / "o")]
+    base += ["--pretrained_model_name_or_path", str(tmp_path / "missing")]
+    assert main([*base, "--instance_data_dir", str(tmp_path), "--resolution", "12"]) == 2
+    assert "--resolution must be a multiple of 8" in capsys.readouterr().err
+    assert main([*base, "--instance_data_dir", str(tmp_path / "empty")]) == 2
+    assert "is not a local folder" in capsys.readouterr().err
+    base[-1] = str(tmp_path)  # a folder, but not a pipeline: the images are checked first
+    assert main([*base, "--instance_data_dir", str(tmp_path / "empty")]) == 2
+    assert "holds no images" in capsys.readouterr().err
+    (tmp_path / "empty" / "broken.png").write_bytes(b"not a png")
+    assert main([*base, "--instance_data_dir", str(tmp_path / "empty")]) == 2
+    assert "broken.png is not a readable image" in capsys.readouterr().err
