@@ -18,6 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 EXAMPLES = """examples:
   nara dreambooth --pretrained_model_name_or_path /models/stable-diffusion-v1-5 \\
@@ -59,8 +63,9 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--checkpointing_steps must be >= 1, got {args.checkpointing_steps}")
 
 
-def instance_images(folder: Path, resolution: int):  # -> torch.Tensor (N, 3, H, W) in [-1, 1]
-    """The images of ``folder``: shorter side resized to ``resolution``, centre-cropped."""
+def instance_images(folder: Path, resolution: int) -> torch.Tensor:
+    """The images of ``folder`` as (N, 3, resolution, resolution) in [-1, 1]: the shorter side
+    resized to ``resolution``, then centre-cropped."""
     import numpy as np
     import torch
     from PIL import Image
