@@ -345,6 +345,26 @@ def test_training_steps_lower_the_denoising_loss(prediction):
     assert unet.nara_hub.conditioners["global"].net[-1].weight.grad.abs().sum() > 0
 
 
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x, e = inputs()
+    t = torch.tensor([50, 500, 950])
+    grads = []
+    for checkpointing in (False, True):
+        unet = nara_unet()
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+            assert any(getattr(m, "gradient_checkpointing", False) for m in unet.modules())
+        unet.train()
+        g = torch.Generator().manual_seed(0)
+        denoising_loss(unet, diffusers.DDPMScheduler(), x, e, timesteps=t, generator=g).backward()
+        grads.append(
+            {k: p.grad.clone() for k, p in adapter_parameters(unet).items() if p.grad is not None}
+        )
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for key in grads[0]:
+        torch.testing.assert_close(grads[1][key], grads[0][key], rtol=1e-4, atol=1e-6)
+
+
 def test_dreambooth_command_trains_saves_and_resumes_exactly(tmp_path):
     from PIL import Image
 
