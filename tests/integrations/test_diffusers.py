@@ -345,6 +345,20 @@ def test_training_steps_lower_the_denoising_loss(prediction):
     assert unet.nara_hub.conditioners["global"].net[-1].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("method", ["lora", "dora", "t_lora", "nara_dora", "multi_lora", "foura"])
+def test_every_method_equals_the_base_at_init_and_trains(method):
+    from nara.adapters.config import config_class
+
+    unet = add_diffusers_adapters(tiny_unet(), config_class(method)(r=2))
+    x, e = inputs()
+    t = torch.tensor([50, 500, 950])
+    with torch.no_grad():
+        torch.testing.assert_close(unet(x, t, e).sample, tiny_unet()(x, t, e).sample)
+    loss = denoising_loss(unet, diffusers.DDPMScheduler(), x, e, timesteps=t)
+    loss.backward()
+    assert all(p.grad is not None for p in adapter_parameters(unet).values() if p.requires_grad)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     x, e = inputs()
     t = torch.tensor([50, 500, 950])
