@@ -421,6 +421,50 @@ def test_dreambooth_command_trains_saves_and_resumes_exactly(tmp_path):
     assert back.nara_hub.config.r == 2
 
 
+def test_dreambooth_prior_preservation_validation_and_resume_mismatch(tmp_path, capsys):
+    from PIL import Image
+
+    from nara.cli import main
+
+    (tmp_path / "tok").mkdir()
+    tiny_pipeline(tiny_unet(), tmp_path / "tok").save_pretrained(tmp_path / "pipe")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (S, S), (200, 30, 30)).save(images / "0.png")
+    common = [
+        "dreambooth",
+        "--pretrained_model_name_or_path", str(tmp_path / "pipe"),
+        "--instance_data_dir", str(images),
+        "--instance_prompt", "a photo of sks cat",
+        "--output_dir", str(tmp_path / "out"),
+        "--resolution", str(S),
+        "--max_train_steps", "2",
+        "--checkpointing_steps", "2",
+        "--class_inference_steps", "2",
+    ]  # fmt: skip
+    extra = [
+        "--with_prior_preservation",
+        "--class_data_dir", str(tmp_path / "class"),
+        "--class_prompt", "a photo of a cat",
+        "--num_class_images", "2",
+        "--validation_prompt", "a photo of sks cat",
+        "--num_validation_images", "3",
+        "--validation_steps", "1",
+    ]  # fmt: skip
+    assert main([*common, *extra]) == 0
+    assert sorted(p.name for p in (tmp_path / "class").iterdir()) == [
+        "class_00000.png",
+        "class_00001.png",
+    ]
+    grids = sorted((tmp_path / "out" / "validation").iterdir())
+    assert [g.name for g in grids] == ["step_0000001.png", "step_0000002.png"]
+    assert Image.open(grids[0]).size == (3 * S, S)
+    capsys.readouterr()
+    resume = ["--resume_from_checkpoint", "latest", "--max_train_steps", "3", "--rank", "8"]
+    assert main([*common, *resume]) == 2
+    assert "holds other adapter tensors than --method nara --rank 8" in capsys.readouterr().err
+
+
 def test_dreambooth_help_and_errors_before_loading(tmp_path, capsys):
     from nara.cli import main
 
@@ -441,3 +485,5 @@ def test_dreambooth_help_and_errors_before_loading(tmp_path, capsys):
     (tmp_path / "empty" / "broken.png").write_bytes(b"not a png")
     assert main([*base, "--instance_data_dir", str(tmp_path / "empty")]) == 2
     assert "broken.png is not a readable image" in capsys.readouterr().err
+    assert main([*base, "--instance_data_dir", str(tmp_path), "--with_prior_preservation"]) == 2
+    assert "needs --class_data_dir and --class_prompt" in capsys.readouterr().err
