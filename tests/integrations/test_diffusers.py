@@ -421,9 +421,10 @@ def test_dreambooth_command_trains_saves_and_resumes_exactly(tmp_path):
     assert back.nara_hub.config.r == 2
 
 
-def test_dreambooth_prior_preservation_validation_and_resume_mismatch(tmp_path, capsys):
+def test_dreambooth_prior_preservation_validation_bf16_and_resume_mismatch(tmp_path, capsys):
     from PIL import Image
 
+    from nara.adapters.save import read_tensors
     from nara.cli import main
 
     (tmp_path / "tok").mkdir()
@@ -450,8 +451,12 @@ def test_dreambooth_prior_preservation_validation_and_resume_mismatch(tmp_path, 
         "--validation_prompt", "a photo of sks cat",
         "--num_validation_images", "3",
         "--validation_steps", "1",
+        "--mixed_precision", "bf16",
     ]  # fmt: skip
     assert main([*common, *extra]) == 0
+    final = read_tensors(tmp_path / "out" / "final" / "adapter_model.safetensors")
+    assert {v.dtype for v in final.values()} == {torch.float32}  # adapters stay in float32
+    assert any(v.abs().sum() > 0 for k, v in final.items() if "lora_B" in k)
     assert sorted(p.name for p in (tmp_path / "class").iterdir()) == [
         "class_00000.png",
         "class_00001.png",

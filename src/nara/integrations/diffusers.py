@@ -270,11 +270,14 @@ def denoising_loss(
             f"denoising_loss supports prediction_type 'epsilon' or 'v_prediction', got {kind!r}"
         )
     b = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device)
-    noise = noise.to(latents.dtype)
+    # drawn where the generator lives (a CPU generator gives the same draws on any device)
+    draw = latents.device if generator is None else generator.device
+    noise = torch.randn(latents.shape, generator=generator, device=draw)
+    noise = noise.to(latents.device, latents.dtype)
     if timesteps is None:
         total = scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, total, (b,), generator=generator, device=latents.device)
+        timesteps = torch.randint(0, total, (b,), generator=generator, device=draw)
+    timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = noise if kind == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     pred = model(noisy, timesteps, encoder_hidden_states, **model_kwargs).sample
