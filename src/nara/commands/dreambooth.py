@@ -19,6 +19,7 @@ Not yet: SDXL (second text encoder), Accelerate (multi-GPU).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -189,6 +190,60 @@ def save_validation(pipe: Any, args: argparse.Namespace, step: int, out: Path) -
     return file
 
 
+def save_checkpoint(
+    out: Path,
+    step: int,
+    params: dict[str, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+) -> Path:
+    """Write output_dir/checkpoints/step_N with nara's sealed, pickle-free checkpoint files:
+    the adapter tensors, the optimizer state, the training generator's state and the step."""
+    from nara.training import checkpoint as ckpt
+
+    final = ckpt.checkpoint_dir(out, step)
+    tmp = ckpt.temporary_dir(final, os.getpid())
+    tmp.mkdir(parents=True)
+    with ckpt.writing(tmp, f"checkpoint {final}"):
+        ckpt.save_weights(tmp / ckpt.WEIGHTS, params)
+        ckpt.save_tensors(tmp / ckpt.OPTIMIZER, opt.state_dict())
+        ckpt.save_weights(tmp / ckpt.rng_name(0), {"generator": gen.get_state()})
+        ckpt.save_json(tmp / ckpt.TRAINER_STATE, {"step": step})
+        ckpt.seal(tmp, final, step)
+    return final
+
+
+def load_checkpoint(
+    path: Path,
+    params: dict[str, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    args: argparse.Namespace,
+) -> int:
+    """Restore what :func:`save_checkpoint` wrote into ``params``, ``opt`` and ``gen``; the step.
+
+    Raises:
+        ValueError: the checkpoint's adapter tensors differ from this run's (--method, --rank).
+    """
+    import torch
+
+    from nara.training import checkpoint as ckpt
+
+    weights = ckpt.load_weights(path / ckpt.WEIGHTS)
+    mine = {k: tuple(p.shape) for k, p in params.items()}
+    if {k: tuple(v.shape) for k, v in weights.items()} != mine:
+        raise ValueError(
+            f"checkpoint {path} holds other adapter tensors than --method {args.method} "
+            f"--rank {args.rank} make; resume with the run's own settings or a new output_dir"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name])
+    opt.load_state_dict(ckpt.load_tensors(path / ckpt.OPTIMIZER))
+    gen.set_state(ckpt.load_weights(path / ckpt.rng_name(0))["generator"])
+    return int(ckpt.load_json(path / ckpt.TRAINER_STATE)["step"])
+
+
 def run(args: argparse.Namespace) -> int:
     _check(args)
     import torch
@@ -243,20 +298,7 @@ def run(args: argparse.Namespace) -> int:
     step = 0
     resume = ckpt.resolve_resume(args.resume_from_checkpoint, out)
     if resume is not None:
-        weights = ckpt.load_weights(resume / ckpt.WEIGHTS)
-        if {k: tuple(v.shape) for k, v in weights.items()} != {
-            k: tuple(p.shape) for k, p in params.items()
-        }:
-            raise ValueError(
-                f"checkpoint {resume} holds other adapter tensors than --method {args.method} "
-                f"--rank {args.rank} make; resume with the run's own settings or a new output_dir"
-            )
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(weights[name])
-        opt.load_state_dict(ckpt.load_tensors(resume / ckpt.OPTIMIZER))
-        gen.set_state(ckpt.load_weights(resume / ckpt.rng_name(0))["generator"])
-        step = int(ckpt.load_json(resume / ckpt.TRAINER_STATE)["step"])
+        step = load_checkpoint(resume, params, opt, gen, args)
         print(f"resumed from {resume} at step {step}")
     unet.train()
     log = out / "metrics.jsonl"
@@ -278,17 +320,9 @@ def run(args: argparse.Namespace) -> int:
         opt.step()
         step += 1
         with log.open("a") as f:
-            f.write(f'{{"step": {step}, "loss": {loss.item():.6f}}}\n')
+            f.write(json.dumps({"step": step, "loss": loss.item()}) + "\n")
         if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
-            final = ckpt.checkpoint_dir(out, step)
-            tmp = ckpt.temporary_dir(final, os.getpid())
-            tmp.mkdir(parents=True)
-            with ckpt.writing(tmp, f"checkpoint {final}"):
-                ckpt.save_weights(tmp / ckpt.WEIGHTS, params)
-                ckpt.save_tensors(tmp / ckpt.OPTIMIZER, opt.state_dict())
-                ckpt.save_weights(tmp / ckpt.rng_name(0), {"generator": gen.get_state()})
-                ckpt.save_json(tmp / ckpt.TRAINER_STATE, {"step": step})
-                ckpt.seal(tmp, final, step)
+            save_checkpoint(out, step, params, opt, gen)
         if args.validation_prompt and step % args.validation_steps == 0:
             print(f"validation images: {save_validation(pipe, args, step, out)}")
         if step == 1 or step % max(1, args.max_train_steps // 10) == 0:
