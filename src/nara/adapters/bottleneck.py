@@ -26,6 +26,7 @@ _ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu, "silu": F.si
 @register
 class BottleneckLayer(AdapterLayer):
     method = "bottleneck"
+    reads_base_weight = True
     adapter_names = ("adapter_down", "adapter_down_bias", "adapter_up", "adapter_up_bias")
     merge_refusal = (
         "the adapter applies a nonlinearity, so it is not a weight update; keep it unmerged"

@@ -20,6 +20,7 @@ from nara.adapters.lora import LoRALayer
 @register
 class DoRALayer(LoRALayer):
     method = "dora"
+    reads_base_weight = True
     adapter_names = (*LoRALayer.adapter_names, "magnitude")
 
     def __init__(self, base: nn.Linear, config: AdapterConfig) -> None:

@@ -17,6 +17,7 @@ from nara.adapters.layer import AdapterLayer, register
 @register
 class HiRALayer(AdapterLayer):
     method = "hira"
+    reads_base_weight = True
     adapter_names = ("hira_A", "hira_B")
 
     def __init__(self, base: nn.Linear, config: AdapterConfig) -> None:

@@ -39,6 +39,12 @@ def per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.view(t.shape[0], *([1] * (like.dim() - 2)), t.shape[-1])
 
 
+def is_quantized(layer: nn.Linear) -> bool:
+    """Whether a linear stores its weight quantised (integer storage, as bitsandbytes' 4- and
+    8-bit layers do), so only its own forward computes x·Wᵀ."""
+    return not layer.weight.dtype.is_floating_point
+
+
 class AdapterLayer(nn.Linear):
     """Base of every method: y = x·Wᵀ + b (frozen) + the method's update.
 
@@ -52,6 +58,9 @@ class AdapterLayer(nn.Linear):
     adapter_names: ClassVar[tuple[str, ...]] = ()
     # why ``merge`` is refused (an update that is not a fixed weight), or None when it merges
     merge_refusal: ClassVar[str | None] = None
+    # the forward reads the base weight W itself (not only the base output): refused on a 4- or
+    # 8-bit base, whose W is stored packed (nara.models.quantize)
+    reads_base_weight: ClassVar[bool] = False
 
     def __init__(self, base: nn.Linear, config: AdapterConfig) -> None:
         # allocate nothing: the base's own weight and bias are taken over below
@@ -65,6 +74,16 @@ class AdapterLayer(nn.Linear):
         self._weight_before_merge: torch.Tensor | None = None
         self._bias_before_merge: nn.Parameter | None = None
         object.__setattr__(self, "_hub", None)  # a reference, not a submodule
+        # a quantised base (bitsandbytes' 4/8-bit Linear: integer storage) computes its own
+        # frozen product; the adapter adds to it
+        object.__setattr__(self, "_base_forward", base.forward if is_quantized(base) else None)
+        if self._base_forward is not None and self.reads_base_weight:
+            raise ValueError(
+                f"{self.method} reads the base weight W in its forward, and this base layer "
+                f"({type(base).__name__}) stores W quantised; on a 4- or 8-bit base use a method "
+                "that adds to the base output (lora, nara, tlora, multi_lora, ...), or load the "
+                "base in bfloat16 (model.load_in_4bit=false)"
+            )
 
     @classmethod
     def build(cls, base: nn.Linear, config: AdapterConfig, name: str) -> AdapterLayer:
@@ -93,7 +112,10 @@ class AdapterLayer(nn.Linear):
         return nn.Parameter(t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
+        if self._base_forward is None:
+            out = F.linear(x, self.weight, self.bias)
+        else:
+            out = self._base_forward(x)
         if self.merged:
             return out
         cond = self.conditioning(x) if self.cond_key is not None else None
@@ -141,6 +163,11 @@ class AdapterLayer(nn.Linear):
             raise RuntimeError("adapters are already merged; call nara.unmerge_adapters first")
         if self.merge_refusal is not None:
             raise ValueError(f"{self.method} adapters cannot be merged: {self.merge_refusal}")
+        if self._base_forward is not None:
+            raise ValueError(
+                "cannot merge into a quantised (4/8-bit) base layer; load the base in bfloat16 "
+                "and merge the saved adapter into it"
+            )
         new = self.merged_weight(cond).to(self.weight.dtype)
         bias = self.merged_bias(cond)
         self._weight_before_merge = self.weight.detach().clone()

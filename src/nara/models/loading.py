@@ -55,6 +55,8 @@ def load_model(
     trust_remote_code: bool = False,
     mask_token_id: int | None = None,
     logit_convention: str | None = None,
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
 ) -> LoadedModel:
     """Load a diffusion LM with its tokenizer and mask token id, in eval mode.
 
@@ -68,13 +70,19 @@ def load_model(
         logit_convention: for a model of no native family that is not a transformers masked LM:
             ``"aligned"`` (logit i predicts token i) or ``"shifted"`` (logit i predicts token
             i + 1); recorded as ``model.config.logit_convention``.
+        load_in_4bit: a LLaDA or Dream base with its block linears in NF4 (double quantisation,
+            bfloat16 compute; embeddings, head and norms unquantised), for QLoRA
+            (:mod:`nara.models.quantize`; needs bitsandbytes and a CUDA GPU).
+        load_in_8bit: the same in LLM.int8().
 
     Raises:
         FileNotFoundError: the tiny model is not built yet, the local path does not exist, or a
             hub name cannot be found (offline, misspelt or private).
         ValueError: the checkpoint's weights do not match its config (missing keys, wrong
             shapes), no mask token id can be found, or the logit convention of a model of no
-            native family is unknown (the message lists the families and the fix).
+            native family is unknown (the message lists the families and the fix), or a
+            quantised load of a model other than LLaDA and Dream.
+        ImportError, RuntimeError: a quantised load without bitsandbytes or a CUDA GPU.
     """
     if logit_convention is not None and logit_convention not in LOGIT_CONVENTIONS:
         raise ValueError(
@@ -88,6 +96,8 @@ def load_model(
     if device is not None:
         placement["device_map"] = str(device)
     family = family_of(raw)
+    if load_in_4bit or load_in_8bit:
+        placement.update(_quantized_placement(family, raw, load_in_4bit, load_in_8bit, device))
     with _quiet_if_small(path):
         if family is not None:
             model = _load_checked(family.model_class, path, **placement)
@@ -101,6 +111,25 @@ def load_model(
     if mask_token_id is None:
         mask_token_id = _find_mask_token_id(model.config, tokenizer, path)
     return LoadedModel(model.eval(), tokenizer, mask_token_id)
+
+
+def _quantized_placement(
+    family: Any, raw: dict[str, Any], load_in_4bit: bool, load_in_8bit: bool, device: Any
+) -> dict[str, Any]:
+    """from_pretrained arguments of a 4- or 8-bit load (bfloat16 elsewhere, on the GPU)."""
+    from nara.models.families import FAMILIES
+    from nara.models.quantize import quantization_config
+
+    if family not in (FAMILIES["llada"], FAMILIES["dream"]):
+        raise ValueError(
+            f"load_in_4bit/load_in_8bit are supported for LLaDA and Dream, not model_type "
+            f"{raw.get('model_type')!r}; load this model in bfloat16 instead"
+        )
+    return {
+        "quantization_config": quantization_config(load_in_4bit, load_in_8bit),
+        "dtype": torch.bfloat16,
+        "device_map": str(device) if device is not None else "cuda",
+    }
 
 
 SMALL_MODEL_BYTES = 1 << 30  # local weights below this load in a blink: no progress bar

@@ -210,10 +210,21 @@ class ModelSection(Section):
     trust_remote_code: bool = option(
         False, "Allow the checkpoint's own model code (not needed for LLaDA)."
     )
+    load_in_4bit: bool = option(
+        False,
+        "QLoRA: the base's block linears in 4 bits (NF4, double quantisation, bfloat16 "
+        "compute; LLaDA and Dream; needs bitsandbytes and a CUDA GPU; docs/memory.md).",
+    )
+    load_in_8bit: bool = option(False, "The base's block linears in 8 bits (LLM.int8()).")
 
     def __post_init__(self) -> None:
         self._check_choices()
         self._check("name", bool(self.name), "a model name or path")
+        self._check(
+            "load_in_8bit",
+            not (self.load_in_4bit and self.load_in_8bit),
+            "false when load_in_4bit is true (choose one)",
+        )
 
 
 @dataclass

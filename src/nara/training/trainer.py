@@ -225,7 +225,13 @@ class Trainer:
             dtype = None if m.dtype == "auto" else getattr(torch, m.dtype)
             if dtype is None and torch.cuda.is_available():
                 dtype = torch.bfloat16
-            loaded = load_model(m.name, dtype=dtype, trust_remote_code=m.trust_remote_code)
+            loaded = load_model(
+                m.name,
+                dtype=dtype,
+                trust_remote_code=m.trust_remote_code,
+                load_in_4bit=m.load_in_4bit,
+                load_in_8bit=m.load_in_8bit,
+            )
         model, self.tokenizer, self.mask_token_id = loaded
         adapter = self.config.adapter.build()
         add_adapters(model, adapter)
