@@ -125,7 +125,7 @@ def _loglinear_time(
     return (1.0 - eps) * t + eps if schedule == "loglinear" else None
 
 
-HEAD_CHUNK_BYTES = 1 << 27  # float32 logits of one head chunk under the masked-head loss
+HEAD_CHUNK_BYTES = 1 << 25  # float32 logits of one head chunk under the masked-head loss
 
 
 def splits_head(model: torch.nn.Module) -> bool:
