@@ -13,6 +13,8 @@ random generators; the data order is a function of the seed and the step) goes t
 ``--checkpoint-dir`` as safetensors + JSON, replaced atomically. ``--resume`` continues from it
 and ends with the same weights as an uninterrupted run; it refuses a checkpoint written with other
 options. ``--stop-at STEP`` checkpoints and exits at that step (to test or plan interruptions).
+A checkpoint folder also loads as a model (``nara eval --model build/tiny-checkpoint ...``), to
+follow the skills while the build runs.
 
 Recipe: the procedural corpus of ``nara.data.corpus`` (three families, ~5 M tokens), a byte-level
 BPE tokenizer with single-digit tokens (arithmetic stays learnable), one example per row padded
@@ -191,6 +193,7 @@ def save_checkpoint(folder: Path, model, opt, tokenizer, state: dict, rngs: dict
     groups = [{k: v for k, v in g.items()} for g in opt_state["param_groups"]]
     (tmp / "state.json").write_text(json.dumps({**state, "param_groups": groups}, indent=1))
     tokenizer.save_pretrained(tmp)
+    model.config.save_pretrained(tmp)  # so a checkpoint loads as a model: nara eval --model DIR
     if folder.exists():
         folder.rename(old)
     tmp.rename(folder)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from nara.models import load_model
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_tiny.py"
 QUICK = ["--quick", "--eval-examples", "1", "--threads", "1"]  # 12 steps, logged every 4
 
@@ -27,7 +29,10 @@ def test_stop_and_resume_gives_the_uninterrupted_weights(build_tiny, tmp_path):
     build_tiny.main([*QUICK, *resumed, "--stop-at", "5"])  # mid-phase, mid-log window
     assert not (tmp_path / "split" / "model.safetensors").exists()
     state = json.loads((tmp_path / "split" / "checkpoint" / "state.json").read_text())
-    assert state["step"] == 5
+    assert state["step"] == 5  # and the checkpoint folder loads as a model:
+    loaded = load_model(tmp_path / "split" / "checkpoint").model.state_dict()
+    saved = load_file(tmp_path / "split" / "checkpoint" / "model.safetensors")
+    assert all((loaded[name] == tensor).all() for name, tensor in saved.items())
     build_tiny.main([*QUICK, *resumed, "--resume"])
     whole = load_file(tmp_path / "whole" / "model.safetensors")
     split = load_file(tmp_path / "split" / "model.safetensors")
