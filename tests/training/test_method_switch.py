@@ -41,6 +41,22 @@ def test_every_method_loads_on_every_recipe(recipe, method, capsys):
         assert "dropped" not in err
 
 
+def test_targets_carry_over_only_between_methods_with_the_same_default_targets(capsys):
+    """LoRA keeps NaRA's q/k/v/attn_out (a fair comparison); (IA)3 rescales keys, values and the
+    MLP by design, so the recipe's attention targets give way to its own."""
+    lora = load_recipe(resolve_recipe("demo"), ["adapter.method=lora"]).adapter.build()
+    assert lora.target_modules == ["q_proj", "k_proj", "v_proj", "attn_out"]
+    capsys.readouterr()
+    ia3 = load_recipe(resolve_recipe("demo"), ["adapter.method=ia3"]).adapter.build()
+    assert ia3.target_modules == ["k_proj", "v_proj", "ff_out"]
+    assert "target_modules" in capsys.readouterr().err
+    given = ["adapter.method=ia3", "adapter.target_modules=[v_proj,ff_out]"]
+    assert load_recipe(resolve_recipe("demo"), given).adapter.build().target_modules == [
+        "v_proj",
+        "ff_out",
+    ]
+
+
 def test_a_field_given_with_the_new_method_is_kept_and_checked(capsys):
     with pytest.raises(ConfigError, match="unknown key 'adapter.eta'"):
         load_recipe(resolve_recipe("demo"), ["adapter.method=lora", "adapter.eta=0.2"])
@@ -50,20 +66,7 @@ def test_a_field_given_with_the_new_method_is_kept_and_checked(capsys):
     assert "dropped" not in capsys.readouterr().err
 
 
-# (IA)3's default feedforward_modules [ff_out] must be among its targets, and the demo recipe's
-# targets (q/k/v/attn_out) carry over without ff_out: known gap, to be settled in IA3Config
-KNOWN_GAPS = {"ia3": "IA3Config's default feedforward_modules is not among carried-over targets"}
-
-
-@pytest.mark.parametrize(
-    "method",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(reason=KNOWN_GAPS[m], strict=True))
-        if m in KNOWN_GAPS
-        else m
-        for m in METHODS
-    ],
-)
+@pytest.mark.parametrize("method", METHODS)
 def test_demo_trains_with_every_method_by_override(method, tmp_path, capsys):
     """One update of each method on the demo recipe as shipped (the embedded model)."""
     out = tmp_path / method

@@ -62,15 +62,33 @@ def adapter_fields(method: str) -> list[dataclasses.Field]:
     ]
 
 
-def split_fields(method: str, options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def split_fields(
+    method: str, options: dict[str, Any], previous: str | None = None
+) -> tuple[dict[str, Any], list[str]]:
     """(the ``options`` that ``method`` accepts, the names of the others): what carries over when
-    a recipe written for one method is run with another.
+    a recipe written for one method (``previous``) is run with another.
+
+    ``target_modules`` carries over only between methods whose default targets agree (LoRA,
+    NaRA, DoRA, ... adapt the same projections, so a comparison keeps them); a method that
+    adapts other layers by design ((IA)³, bottleneck adapters, BitFit) takes its own default.
 
     Raises:
-        ConfigError: ``method`` is not a known method.
+        ConfigError: ``method`` or ``previous`` is not a known method.
     """
     valid = {f.name for f in adapter_fields(method)}
+    if previous is not None and _default_targets(previous) != _default_targets(method):
+        valid.discard("target_modules")
     return {k: v for k, v in options.items() if k in valid}, [k for k in options if k not in valid]
+
+
+def _default_targets(method: str) -> Any:
+    """The default ``target_modules`` of ``method``'s config (None if it has no such field)."""
+    for f in adapter_fields(method):
+        if f.name == "target_modules":
+            return (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
+    return None
 
 
 def build_adapter_config(method: str, options: dict[str, Any]) -> Any:

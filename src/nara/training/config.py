@@ -570,12 +570,13 @@ def switch_method(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
     given = {i.partition("=")[0].strip()[len("adapter.") :] for i in overrides}
     recipe_fields = {k: v for k, v in before.items() if k != "method" and k not in given}
-    _, dropped = split_fields(new_method, recipe_fields)
+    _, dropped = split_fields(new_method, recipe_fields, previous=old_method)
     if dropped:
         result["adapter"] = {k: v for k, v in after.items() if k not in dropped}
         print(
             f"note: adapter.method={new_method} (the recipe's is {old_method}): dropped the "
-            f"recipe's {old_method}-only adapter fields {', '.join(dropped)}",
+            f"recipe's {old_method} adapter fields {', '.join(dropped)} ({new_method} uses its "
+            "own defaults for them)",
             file=sys.stderr,
         )
     return result
