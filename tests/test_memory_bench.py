@@ -87,8 +87,8 @@ def test_bench_only_memory(tmp_path, capsys, keep_threads) -> None:
     for row in rows:
         parts = sum(row[k] for k in ("parameters", "optimizer", "activations", "logits"))
         assert row["total"] == pytest.approx(parts, abs=0.03)
-    assert {(r["method"], r["masked_head"]) for r in results["mid"]["rows"]} == {
-        (m, h) for m in ("LoRA", "NaRA") for h in (False, True)
-    }
+    assert {
+        (r["method"], r["masked_head"], r["checkpointing"]) for r in results["mid"]["rows"]
+    } == {(m, *s) for m in ("LoRA", "NaRA") for s in memory.MEASURED_SETTINGS}
     printed = capsys.readouterr().out
     assert "Training-step memory at LLaDA-8B shapes" in printed and "step peak" in printed

@@ -46,6 +46,8 @@ SCALED_SHAPE = {
 }  # fmt: skip
 QUICK_SCALED_SHAPE = {**SCALED_SHAPE, "vocab_size": 2048, "embedding_size": 2048}
 GiB = 2**30
+# (masked head, gradient checkpointing) of the measured rows: the loss saving, then checkpointing
+MEASURED_SETTINGS = ((False, False), (True, False), (True, True))
 
 
 def scaled_config(quick: bool = False) -> LLaDAConfig:
@@ -221,18 +223,20 @@ def memory_suite(size: str, options: BenchOptions) -> dict[str, Any]:
     rows = []
     for method in METHODS:
         split = parameter_split(adapted_model(config, method, options.rank))
-        for masked_head in (False, True):
+        for masked_head, checkpointing in MEASURED_SETTINGS:
             got = measured_step(
-                config, method, options.rank, options.batch, options.seq, masked_head
-            )
+                config, method, options.rank, options.batch, options.seq, masked_head,
+                checkpointing,
+            )  # fmt: skip
             terms = analytic_terms(
                 config, split, batch=options.batch, seq=options.seq, weights="bf16",
-                checkpointing=False, masked_head=masked_head,
+                checkpointing=checkpointing, masked_head=masked_head,
             )  # fmt: skip
             rows.append(
                 {
                     "method": method,
                     "masked_head": masked_head,
+                    "checkpointing": checkpointing,
                     "measured_mb": {k: round(v / 2**20, 1) for k, v in got.items()},
                     "analytic_bf16_mb": {k: round(v["bytes"] / 2**20, 1) for k, v in terms.items()},
                 }
@@ -273,13 +277,15 @@ def memory_table(section: dict[str, Any]) -> str:
             f"### Measured on a scaled random LLaDA ({r['shape']}, batch {r['batch']}, seq "
             f"{r['seq']}; {r['measured']}; MB)",
             "",
-            "| method | loss head | parameters | optimizer | step peak | analytic bf16 total |",
-            "|---|---|---|---|---|---|",
+            "| method | loss head | checkpointing | parameters | optimizer | step peak "
+            "| analytic bf16 total |",
+            "|---|---|---|---|---|---|---|",
         ]
         for row in r["rows"]:
             got = row["measured_mb"]
             head = "masked, chunked" if row["masked_head"] else "full logits"
-            cells = [row["method"], head, got["parameters"], got["optimizer"], got["step_peak"]]
+            cells = [row["method"], head, "on" if row["checkpointing"] else "off"]
+            cells += [got["parameters"], got["optimizer"], got["step_peak"]]
             cells.append(row["analytic_bf16_mb"]["total"])
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
