@@ -75,13 +75,13 @@ def _run(model: torch.nn.Module, masked_head: bool, **kwargs) -> tuple:
 
 
 @pytest.mark.parametrize("family", sorted(BUILD))
-@pytest.mark.parametrize("chunk", [None, 1, 5])
+@pytest.mark.parametrize("chunk", [None, 2])
 def test_masked_head_equals_full_logits(family: str, chunk: int | None) -> None:
     model = _model(family)
     assert splits_head(model)
     full, full_grads = _run(model, masked_head=False)
     fast, fast_grads = _run(model, masked_head=True, head_chunk=chunk)
-    assert int(full.num_masked) > 5  # several chunks of 1 and of 5
+    assert int(full.masked.sum(-1).max()) > 4  # three chunks of 2 or more
     assert len(set(full.lam.tolist())) == 3  # one λ per sample reaches NaRA
     for field in ("loss", "sample_loss", "masked_ce", "accuracy"):
         torch.testing.assert_close(getattr(fast, field), getattr(full, field), rtol=1e-6, atol=0)
