@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -173,14 +175,31 @@ def test_kl_is_zero_for_a_zero_initialised_lora() -> None:
     assert out.kl.item() == pytest.approx(0.0, abs=1e-7)
 
 
-def test_reference_pass_switches_the_adapter_off() -> None:
-    plain = _lora_model()
-    model = _lora_model(nonzero=True)
-    base = _logprobs(plain).detach()
-    ref, logp = _logprobs(model, ref=True), _logprobs(model).detach()
-    torch.testing.assert_close(ref, base)  # the base model, bit for bit up to float error
+@pytest.mark.parametrize("config", [LoRAConfig(r=4), NaRAConfig(r=4)], ids=["lora", "nara"])
+def test_reference_pass_switches_the_adapter_off(config) -> None:
+    torch.manual_seed(0)
+    base = LLaDAModelLM(tiny_config()).eval()
+    plain = copy.deepcopy(base)  # the same weights, no adapter at all
+    model = add_adapters(base, config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.5)
+        want = _logprobs(plain)
+        logp = _logprobs(model)
+    ref = _logprobs(model, ref=True)
+    torch.testing.assert_close(ref, want)  # the base model, up to float error
     assert (logp - ref).abs().max() > 1e-2  # the adapter matters outside the block
     assert not any(layer.merged for layer in adapter_layers(model).values())  # restored
+    assert not model.nara_hub.merged
+
+
+def test_disabling_restores_the_adapters_after_an_error() -> None:
+    model = _lora_model(nonzero=True)
+    with pytest.raises(RuntimeError, match="inside"), adapters_disabled(model):
+        raise RuntimeError("inside")
+    assert not any(layer.merged for layer in adapter_layers(model).values())
+    assert not model.nara_hub.merged
 
 
 def test_disabling_refuses_merged_adapters_and_models_without_any() -> None:
