@@ -148,9 +148,14 @@ def test_kl_term_by_hand_and_padding_ignored() -> None:
     mask = torch.tensor([[1, 1, 0]])
     k = [np.exp(-0.5) + 0.5 - 1, np.exp(1.0) - 1.0 - 1]
     torch.testing.assert_close(kl_k3(logp, ref)[0, :2], torch.tensor(k, dtype=torch.float32))
-    out = grpo_loss(logp, logp, torch.zeros(1), mask, ref_logp=ref, beta=0.5)
+    logp.requires_grad_(True)
+    out = grpo_loss(logp, logp.detach(), torch.zeros(1), mask, ref_logp=ref, beta=0.5)
     assert out.loss.item() == pytest.approx(0.5 * np.mean(k), rel=1e-6)
     assert out.kl.item() == pytest.approx(np.mean(k), rel=1e-6)
+    out.loss.backward()
+    # d k3 / d logp = 1 − exp(ref − logp); the loss is 0.5 · mean of the two real tokens
+    grad = [0.5 * (1 - np.exp(-0.5)) / 2, 0.5 * (1 - np.exp(1.0)) / 2, 0.0]
+    torch.testing.assert_close(logp.grad[0], torch.tensor(grad, dtype=torch.float32))
 
 
 def _logprobs(model, seed: int = 5, ref: bool = False) -> torch.Tensor:
