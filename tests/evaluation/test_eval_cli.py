@@ -60,6 +60,9 @@ def test_non_positive_counts_are_refused_by_the_parser(flag, value, boolq, capsy
     [
         (["--task", ""], "task '' names no task"),
         (["--task", ","], "task ',' names no task"),
+        (["--task", "boolq", "--top-p", "1.5"], "top_p must lie in (0, 1], got 1.5"),
+        (["--task", "boolq", "--top-k", "0"], "top_k must be an int >= 1, got 0"),
+        (["--task", "boolq", "--alg-temp", "-1"], "alg_temp must be >= 0"),
     ],
 )
 def test_bad_inputs_are_one_line_errors_before_loading(argv, message, boolq, no_model, capsys):
@@ -156,3 +159,24 @@ def test_same_run_again_resumes_without_loading_the_model(
     assert code == 0 and "(n=3, resumed)" in again
     code, _, err = run_cli([*common, "--temperature", "0.5"], capsys)
     assert code == 2 and "generator.sampler.temperature: 0.0 (saved) vs 0.5 (now)" in err
+
+
+def test_sampler_choice_runs_and_is_part_of_the_run(
+    long_model_dir,  # noqa: F811
+    boolq,
+    tmp_path,
+    capsys,
+):
+    out = tmp_path / "out"
+    common = ["--model", str(long_model_dir), "--task", "boolq", "--data", str(boolq)]
+    common += ["--limit", "2", "--gen-length", "4", "--steps", "2", "--output", str(out)]
+    dream = [*common, "--sampler", "dream", "--top-k", "3"]
+    code, first, err = run_cli(dream, capsys)
+    assert code == 0 and "(n=2, new run)" in first, err
+    sampler = json.loads((out / "run.json").read_text())["fields"]["generator"]["sampler"]
+    assert sampler["sampler"] == "dream" and sampler["top_k"] == 3 and sampler["top_p"] is None
+    code, _, err = run_cli([*common, "--sampler", "llada"], capsys)
+    assert code == 2 and 'generator.sampler.sampler: "dream" (saved) vs "llada" (now)' in err
+    other = ["--output", str(tmp_path / "other"), "--block-length", "2"]  # LLaDA's option
+    code, _, err = run_cli([*dream, *other], capsys)
+    assert code == 2 and "block_length does not apply to the 'dream' sampler" in err

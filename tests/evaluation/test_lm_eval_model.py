@@ -100,3 +100,51 @@ def test_generate_until_cuts_at_stop_strings(nara_lm):
 def test_rolling_loglikelihood_explains_itself(nara_lm):
     with pytest.raises(NotImplementedError, match="masked diffusion"):
         nara_lm.loglikelihood_rolling([])
+
+
+def test_sampler_options_reach_nara_generate(nara_lm):
+    """sampler / top_k / alg_temp given to NaraLM give exactly nara.generate's answer with them."""
+    from nara.data.collate import encode_prompt_batch
+    from nara.diffusion import generate
+    from nara.evaluation.runner import batch_seed
+
+    options = {"sampler": "dream", "top_k": 3, "alg_temp": 0.5, "temperature": 0.7}
+    lm = NaraLM(
+        model=nara_lm.model, tokenizer=nara_lm.tokenizer, mask_token_id=127, steps=8, **options
+    )
+    prompts = ["1+1=", "22+3="]
+    ids, mask = encode_prompt_batch(lm.tokenizer, prompts, chat_template="auto")
+    expected = generate(
+        lm.model,
+        ids,
+        mask,
+        mask_token_id=127,
+        gen_length=8,
+        steps=8,
+        eos_token_id=lm.tokenizer.eos_token_id,
+        generator=torch.Generator().manual_seed(batch_seed(0, prompts, 8)),
+        **options,
+    )
+    assert lm._generate(prompts, 8) == lm.tokenizer.batch_decode(expected, skip_special_tokens=True)
+    llada = lm.tokenizer.batch_decode(
+        generate(lm.model, ids, mask, mask_token_id=127, gen_length=8, steps=8, eos_token_id=126),
+        skip_special_tokens=True,
+    )
+    greedy = NaraLM(model=lm.model, tokenizer=lm.tokenizer, mask_token_id=127, steps=8)
+    assert greedy._generate(prompts, 8) == llada  # no sampler: the family's (LLaDA's)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sampler": "ar"}, "sampler must be one of ('llada', 'dream', 'mdlm')"),
+        ({"top_p": 1.5}, "top_p must lie in (0, 1], got 1.5"),
+        ({"top_k": 0}, "top_k must be an int >= 1, got 0"),
+        ({"alg_temp": -1}, "alg_temp must be >= 0"),
+    ],
+)
+def test_bad_sampler_options_fail_before_any_model_loads(kwargs, message):
+    # "nowhere" is no model: the settings are refused before load_model would fail on it
+    with pytest.raises(ValueError) as info:
+        NaraLM(pretrained="nowhere", **kwargs)
+    assert message in str(info.value)

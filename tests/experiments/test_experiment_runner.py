@@ -108,7 +108,11 @@ def test_rerun_skips_finished_runs(finished):
 
 @pytest.mark.parametrize(
     ("override", "field"),
-    [("evaluation.limit=2", "evaluation.limit"), ("recipe.training.lr=0.002", "training.lr")],
+    [
+        ("evaluation.limit=2", "evaluation.limit"),
+        ("evaluation.sampler=dream", "evaluation.sampler"),
+        ("recipe.training.lr=0.002", "training.lr"),
+    ],
 )
 def test_rerun_with_other_settings_is_refused(finished, override, field):
     """A finished run is never reported for a grid whose settings changed since."""
@@ -144,3 +148,28 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, monkey
     assert "resumed from" in capsys.readouterr().out
     assert json.loads((run_dir / METRICS).read_text())["steps"] == 2
     report(load_grid(path, overrides))  # the report works on a partial grid (no nara runs)
+
+
+def test_evaluation_sampler_keys_reach_the_sampler(tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
+    """evaluation.sampler / top_p / top_k / alg_temp are checked on load and passed to the
+    sampler call (a spy around the real one: the base run still generates and scores)."""
+    import nara.commands._common as common
+
+    path = _grid_file(tmp_path, tiny_model_dir)
+    with pytest.raises(ValueError, match=r"top_p must lie in \(0, 1\], got 1.5"):
+        load_grid(path, ["evaluation.top_p=1.5"])
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        load_grid(path, ["evaluation.sampler=ar"])
+    calls = []
+    real = common.make_generate_fn
+    monkeypatch.setattr(
+        common, "make_generate_fn", lambda *a, **kw: calls.append(kw) or real(*a, **kw)
+    )
+    options = ["evaluation.sampler=dream", "evaluation.top_k=2", "evaluation.alg_temp=0.5"]
+    grid = load_grid(path, [*options, "profile.enabled=false"])
+    run_grid(grid, only=["base"], log=lambda _: None)
+    assert [(c["sampler"], c["top_p"], c["top_k"], c["alg_temp"]) for c in calls] == [
+        ("dream", None, 2, 0.5)
+    ]
+    (base,) = [r for r in grid.runs() if r.is_base]
+    assert json.loads((base.run_dir / METRICS).read_text())["examples"] == 3

@@ -138,6 +138,7 @@ def check_inference_arguments(args: argparse.Namespace) -> str:
         FileNotFoundError: ``--adapter`` is not an adapter folder (a damaged one is a
             ValueError).
     """
+    from nara.diffusion.dream_sampling import check_sampler_values
     from nara.diffusion.sampling import check_length, check_settings, max_length
 
     if args.raw:
@@ -156,6 +157,7 @@ def check_inference_arguments(args: argparse.Namespace) -> str:
         cache=cache_mode(args.cache),
         cache_tolerance=args.cache_tolerance,
     )
+    check_sampler_values(args.sampler, args.top_p, args.top_k, args.alg_temp)
     if args.gen_length is not None:  # the prompt is checked too once tokenized
         check_length(max_length(_local_config(args.model)), 0, args.gen_length)
     if args.adapter:

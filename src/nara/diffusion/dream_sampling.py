@@ -85,10 +85,7 @@ def resolve_sampler(
         from nara.models.families import default_sampler
 
         sampler = default_sampler(model)
-    if sampler not in SAMPLERS:
-        raise ValueError(
-            f"sampler must be one of {SAMPLERS} (or None: the family's), got {sampler!r}"
-        )
+    check_sampler_values(sampler, top_p, top_k, alg_temp)
     used = {
         "block_length": block_length != gen_length,
         "cfg_scale": cfg_scale != 0,
@@ -107,13 +104,27 @@ def resolve_sampler(
             f"{name} does not apply to the {sampler!r} sampler ({what}); drop it, or pass "
             f"sampler={' or '.join(repr(s) for s in having)}"
         )
+    return sampler
+
+
+def check_sampler_values(
+    sampler: str | None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    alg_temp: float | None = None,
+) -> None:
+    """Raise ValueError, naming the value and the fix, for a sampler name or a Dream option value
+    :func:`nara.generate` refuses; needs no model, so settings are checked before one loads."""
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(
+            f"sampler must be one of {SAMPLERS} (or None: the family's), got {sampler!r}"
+        )
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
     if alg_temp is not None and alg_temp < 0:
         raise ValueError(f"alg_temp must be >= 0 (0 or None = greedy positions), got {alg_temp}")
-    return sampler
 
 
 def _filter(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:

@@ -29,7 +29,8 @@ class NaraLM(LM):
 
     model_args (all optional): pretrained ("tiny", a folder or a hub name), adapter (a folder
     saved by nara or PEFT), gen_length, steps, block_length, temperature, remasking, cfg_scale,
-    threshold, cache (none, prefix, dual), cache_tolerance, mc_samples (Monte-Carlo samples per loglikelihood request), batch_size, device, dtype,
+    threshold, cache (none, prefix, dual), cache_tolerance, sampler (llada, dream, mdlm; default:
+    the model family's), top_p, top_k, alg_temp (Dream's sampler), mc_samples (Monte-Carlo samples per loglikelihood request), batch_size, device, dtype,
     chat_template (auto: contexts get the model's prompt template, its tokenizer's chat
     template or the embedded model's Question/Answer format, as in nara's training; never: sent
     as they are, e.g. with lm-eval's own --apply_chat_template).
@@ -51,6 +52,10 @@ class NaraLM(LM):
         threshold: float | None = None,
         cache: str | None = None,
         cache_tolerance: float | None = None,
+        sampler: str | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        alg_temp: float | None = None,
         mc_samples: int = 64,
         batch_size: int | str = 8,
         device: str | None = None,
@@ -62,6 +67,22 @@ class NaraLM(LM):
         **unused: Any,
     ) -> None:
         super().__init__()
+        # checked before a model loads: a bad setting costs no load
+        settings = GenerationSettings(
+            steps=int(steps) if steps else None,
+            block_length=int(block_length) if block_length else None,
+            temperature=float(temperature),
+            remasking=remasking,
+            cfg_scale=float(cfg_scale),
+            threshold=None if threshold is None else float(threshold),
+            cache=None if cache in (None, "none") else cache,
+            cache_tolerance=None if cache_tolerance is None else float(cache_tolerance),
+            chat_template=chat_template,
+            sampler=sampler or None,
+            top_p=None if top_p is None else float(top_p),
+            top_k=None if top_k is None else int(top_k),
+            alg_temp=None if alg_temp is None else float(alg_temp),
+        )
         if model is None:
             from nara.models import load_model
 
@@ -79,17 +100,6 @@ class NaraLM(LM):
         self.model, self.tokenizer, self.mask_token_id = model.eval(), tokenizer, mask_token_id
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         self.mc_samples = int(mc_samples)
-        settings = GenerationSettings(
-            steps=int(steps) if steps else None,
-            block_length=int(block_length) if block_length else None,
-            temperature=float(temperature),
-            remasking=remasking,
-            cfg_scale=float(cfg_scale),
-            threshold=None if threshold is None else float(threshold),
-            cache=None if cache in (None, "none") else cache,
-            cache_tolerance=None if cache_tolerance is None else float(cache_tolerance),
-            chat_template=chat_template,
-        )
         self.default_gen_length = int(gen_length)
         self.chat_template = chat_template
         self._generate = make_generate_fn(

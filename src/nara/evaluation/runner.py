@@ -37,8 +37,9 @@ class GenerationSettings:
     (``auto``: its tokenizer's chat template when it has one, the embedded model's
     ``Question/Answer`` format; ``never``: prompts as they are; see
     :func:`nara.data.collate.encode_prompt`); seed: of the sampling noise, drawn per batch
-    (:func:`batch_seed`); the rest (``threshold``, ``cache``, ``cache_tolerance``, ...) as in
-    ``generate``.
+    (:func:`batch_seed`); the rest (``threshold``, ``cache``, ``cache_tolerance``, ``sampler``
+    (None = the model family's), Dream's ``top_p``, ``top_k``, ``alg_temp``, ...) as in
+    ``generate``. The sampler name and Dream's option values are checked on construction.
     """
 
     gen_length: int | None = None
@@ -52,6 +53,15 @@ class GenerationSettings:
     cache_tolerance: float | None = None
     chat_template: str = "auto"
     seed: int = 0
+    sampler: str | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    alg_temp: float | None = None
+
+    def __post_init__(self) -> None:
+        from nara.diffusion.dream_sampling import check_sampler_values
+
+        check_sampler_values(self.sampler, self.top_p, self.top_k, self.alg_temp)
 
 
 def batch_seed(seed: int, prompts: list[str], gen_length: int) -> int:
@@ -100,6 +110,10 @@ def make_generate_fn(
             threshold=settings.threshold,
             cache=settings.cache,
             cache_tolerance=settings.cache_tolerance,
+            sampler=settings.sampler,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            alg_temp=settings.alg_temp,
             generator=torch.Generator(device=device).manual_seed(
                 batch_seed(settings.seed, prompts, length)
             ),

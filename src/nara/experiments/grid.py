@@ -16,7 +16,8 @@ A grid file has these keys (see configs/experiments/methods.yaml for a commented
   all of the variant's fields (label ``<method>-<variant>``).
 - ``evaluation``: ``limit``, ``batch_size``, ``gen_length``, ``steps`` of the test-split scoring,
   and optionally the sampler's ``block_length``, ``threshold``, ``cache`` (none, prefix, dual)
-  and ``cache_tolerance`` (as in ``nara eval``; docs/cache.md).
+  and ``cache_tolerance`` (as in ``nara eval``; docs/cache.md), ``sampler`` (llada, dream,
+  mdlm; default: the model family's) and Dream's ``top_p``, ``top_k``, ``alg_temp``.
 - ``profile``: ``enabled``, ``examples``, ``bins``, ``samples_per_bin``, ``seed`` of the noise
   profile drawn per task (first seed's adapters vs the base).
 
@@ -48,7 +49,16 @@ KEYS = (
 EVALUATION_DEFAULTS = {"limit": 100, "batch_size": 32, "gen_length": None, "steps": None}
 # optional sampler settings of the evaluation: recorded only when given, so grids evaluated before
 # they existed keep their settings (and resume)
-EVALUATION_SAMPLER_KEYS = ("block_length", "threshold", "cache", "cache_tolerance")
+EVALUATION_SAMPLER_KEYS = (
+    "block_length",
+    "threshold",
+    "cache",
+    "cache_tolerance",
+    "sampler",
+    "top_p",
+    "top_k",
+    "alg_temp",
+)
 PROFILE_DEFAULTS = {"enabled": True, "examples": 32, "bins": 10, "samples_per_bin": 1, "seed": 0}
 
 
@@ -277,6 +287,7 @@ def grid_from_dict(raw: dict[str, Any], *, default_name: str = "grid") -> Grid:
 
 def _evaluation(raw: dict[str, Any]) -> dict[str, Any]:
     """The evaluation section with its defaults, its keys and sampler settings checked."""
+    from nara.diffusion.dream_sampling import check_sampler_values
     from nara.diffusion.sampling import check_settings
 
     unknown = sorted(set(raw) - set(EVALUATION_DEFAULTS) - set(EVALUATION_SAMPLER_KEYS))
@@ -294,6 +305,7 @@ def _evaluation(raw: dict[str, Any]) -> dict[str, Any]:
         cache=ev.get("cache"),
         cache_tolerance=ev.get("cache_tolerance"),
     )
+    check_sampler_values(ev.get("sampler"), ev.get("top_p"), ev.get("top_k"), ev.get("alg_temp"))
     return ev
 
 
