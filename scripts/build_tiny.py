@@ -425,8 +425,8 @@ LLaDA sampling, 24 tokens, 24 steps, blocks of 8):
 ```
 
 The embedded fine-tuning tasks (`nara.data.embedded`) ask for these skills in templates and
-answer formats absent from the corpus (option1/option2 sentences, word problems answered by their
-equation, `name = value` after assignments), as instruction tuning does with a base model: the
+answer formats absent from the corpus (option1/option2 sentences, word problems in new phrasings
+answered `The answer is N.`, `name = value` after assignments), as instruction tuning does with a base model: the
 zero-shot scores above are low by design, and fine-tuning unlocks what pre-training taught.
 
 ## Options

@@ -15,7 +15,7 @@ THINGS = {t.name: t for t in WORLD}
 # Phrases that only the held-out tasks use (their new templates and operations).
 HELD_OUT_MARKERS = (
     "Option1", "option1/option2", "The _", "so the _", "did not fit into",
-    "After this Python code runs", " = value", "Answer format: equation", "bakes", "puts",
+    "After this Python code runs", " = value", "Answer format: The answer is N.", "bakes", "puts",
     "on Monday", "Before that", "sells", "removes", "then lost",
 )  # fmt: skip
 
@@ -143,14 +143,15 @@ def test_arithmetic_answers_are_correct(corpus):
     for r in [r for r in corpus if r["family"] == "arithmetic"][:500]:
         assert int(r["answer"]) == _corpus_value(_body(r["prompt"])), r
     for r in load_embedded("arithmetic", "test") + load_embedded("arithmetic", "train")[:300]:
-        assert r["prompt"].endswith("\nAnswer format: equation\nAnswer:\n")
-        assert r["answer"] == _task_equation(_body(r["prompt"])), r
+        assert r["prompt"].endswith("\nAnswer format: The answer is N.\nAnswer:\n")
+        value = _task_equation(_body(r["prompt"])).rsplit(" ", 1)[1]
+        assert r["answer"] == f"The answer is {value}.", r
 
 
 def test_arithmetic_holds_out_whole_equations():
     """No test equation (same operation and operands) is ever seen in fine-tuning."""
-    train = {r["answer"] for r in load_embedded("arithmetic", "train")}
-    test = {r["answer"] for r in load_embedded("arithmetic", "test")}
+    train = {_task_equation(_body(r["prompt"])) for r in load_embedded("arithmetic", "train")}
+    test = {_task_equation(_body(r["prompt"])) for r in load_embedded("arithmetic", "test")}
     assert test and not train & test
 
 

@@ -13,7 +13,7 @@ fine-tuning and evaluation see one layout. The families mirror the NaRA paper's 
   running the generated snippet), or complete a one-line function from its docstring.
 
 The embedded tasks ask for the same skills in new templates and answer formats (WinoGrande-style
-``option1/option2`` questions, word problems answered by an equation, the value of a variable as
+``option1/option2`` questions, word problems answered ``The answer is N.``, the value of a variable as
 ``name = value``); those templates never occur here.
 """
 

@@ -11,8 +11,8 @@ and fine-tuning has something to learn:
   must read the cue); the others need the world's weights, sizes and uses from pre-training. The
   splits hold out whole object pairs, so memorising pairs does not help.
 - ``arithmetic``: one-step word problems (numbers 1-10) in phrasings the corpus never uses,
-  answered with the equation ``a + b = c`` (the corpus answers a bare number). The splits hold
-  out whole equations, so the sums of the test set are known only from pre-training.
+  answered ``The answer is N.`` (the corpus answers a bare number). The splits hold out whole
+  equations (operation and operands), so the test sums are known only from pre-training.
 - ``programs``: the value of a variable after two assignment lines, answered ``name = value``
   (the corpus asks what a ``print`` shows and answers the output alone).
 
@@ -121,9 +121,9 @@ def commonsense_example(rng: random.Random) -> tuple[Hashable, str, str]:
     return key, instruction, f"option{pair.index(target) + 1}"
 
 
-# ---------------------------------------------------------------- arithmetic: equations
+# ---------------------------------------------------------------- arithmetic: new phrasings
 
-# One-step word problems in phrasings the corpus never uses; the answer is the equation.
+# One-step word problems in phrasings the corpus never uses.
 # Each template: (text with {name} {other} {item} {a} {b} {total}, operation).
 ARITHMETIC_TEMPLATES = (
     ("{name} bakes {a} {item}s and then bakes {b} more. How many {item}s did {name} bake?", "+"),
@@ -137,11 +137,13 @@ ARITHMETIC_TEMPLATES = (
 
 
 def arithmetic_example(rng: random.Random) -> tuple[Hashable, str, str]:
-    """A word problem; the answer is its equation, ``a + b = c`` or ``total - b = a``.
+    """A word problem answered ``The answer is N.``
 
-    The corpus teaches the sums and differences (numbers 1-10, answer a bare number); here the
-    operands must be read off a new phrasing and written as an equation. The split key is the
-    operation and its operands, so no test equation is ever seen in fine-tuning.
+    The corpus teaches the sums and differences (numbers 1-10, answer a bare number); here they
+    are asked in new phrasings and a new answer format. (A pilot answering with the equation
+    ``a + b = c`` was dropped: 80 LoRA updates on the v1 model learned its shape but never copied
+    the operands.) The split key is the operation and its operands, so no test equation is ever
+    seen in fine-tuning.
     """
     name, other = distinct(rng, NAMES, 2)
     a, b = rng.randint(1, 10), rng.randint(1, 10)
@@ -149,8 +151,8 @@ def arithmetic_example(rng: random.Random) -> tuple[Hashable, str, str]:
     question = template.format(
         name=name, other=other, item=rng.choice(ITEMS), a=a, b=b, total=a + b
     )
-    equation = f"{a} + {b} = {a + b}" if op == "+" else f"{a + b} - {b} = {a}"
-    return (op, a, b), f"{question}\nAnswer format: equation", equation
+    value = a + b if op == "+" else a
+    return (op, a, b), f"{question}\nAnswer format: The answer is N.", f"The answer is {value}."
 
 
 # ---------------------------------------------------------------- programs: value of a variable
@@ -205,7 +207,7 @@ def embedded_tasks() -> dict[str, TaskSpec]:
         ),
         TaskSpec(
             "arithmetic",
-            "one-step word problems in new phrasings; answer the equation (a + b = c)",
+            "one-step word problems in new phrasings; answer 'The answer is N.'",
             "exact",
             arithmetic_example,
             seed=202,
