@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from nara.diffusion._model import check_logits, denoise
-from nara.diffusion.masking import local_mask_density, masked_fraction
+from nara.diffusion.masking import answer_canvas, local_mask_density, masked_fraction
 
 EPS = 1e-3  # floor of the released time grid
 DREAM_ALGS = {  # nara's remasking name -> the release's alg name
@@ -241,14 +241,9 @@ def dream_sample(
         ``return_history``, else an empty list).
     """
     b, prompt_len = input_ids.shape
-    x = torch.cat([input_ids, input_ids.new_full((b, gen_length), mask_token_id)], dim=1)
-    answer = torch.zeros_like(x, dtype=torch.bool)  # (B, T)
-    answer[:, prompt_len:] = True
-    if attention_mask is None:
-        prompt = ~answer
-    else:
-        prompt = F.pad(attention_mask.bool(), (0, gen_length), value=False)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, gen_length)], 1)
+    x, answer, prompt, attention_mask = answer_canvas(
+        input_ids, attention_mask, gen_length, mask_token_id
+    )
     alg = DREAM_ALGS[remasking]
     times = torch.linspace(1, EPS, steps + 1, device=x.device)
     history = []

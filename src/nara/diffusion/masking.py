@@ -13,6 +13,33 @@ import torch
 EPS = 1e-3  # LLaDA's floor on the masking probability: p = (1 - eps) * t + eps
 
 
+def answer_canvas(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    gen_length: int,
+    mask_token_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The start of every sampler: the prompts followed by an all-masked answer.
+
+    Args:
+        input_ids: long (B, P), left-padded prompts; attention_mask: (B, P) or None.
+
+    Returns:
+        (x long (B, P + gen_length) with the answer all mask tokens, answer bool (B, T) marking
+        the answer region, prompt bool (B, T) marking the real prompt tokens, the attention mask
+        extended over the answer or None).
+    """
+    b, prompt_len = input_ids.shape
+    x = torch.cat([input_ids, input_ids.new_full((b, gen_length), mask_token_id)], dim=1)
+    answer = torch.zeros_like(x, dtype=torch.bool)  # (B, T)
+    answer[:, prompt_len:] = True
+    if attention_mask is None:
+        return x, answer, ~answer, None
+    prompt = torch.cat([attention_mask.bool(), answer.new_zeros(b, gen_length)], dim=1)
+    attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, gen_length)], dim=1)
+    return x, answer, prompt, attention_mask
+
+
 def masked_fraction(masked: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:
     """The noise level λ of each sample: masked maskable positions over maskable positions.
 

@@ -19,10 +19,9 @@ from torch's global generator, so a seeded run repeats the release's.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from nara.diffusion._model import denoise
-from nara.diffusion.masking import local_mask_density, masked_fraction
+from nara.diffusion.masking import answer_canvas, local_mask_density, masked_fraction
 
 EPS = 1e-5  # end of the released time grid
 
@@ -57,14 +56,9 @@ def mdlm_sample(
         ``return_history``, else an empty list).
     """
     b, prompt_len = input_ids.shape
-    x = torch.cat([input_ids, input_ids.new_full((b, gen_length), mask_token_id)], dim=1)
-    answer = torch.zeros_like(x, dtype=torch.bool)  # (B, T)
-    answer[:, prompt_len:] = True
-    if attention_mask is None:
-        prompt = ~answer
-    else:
-        prompt = F.pad(attention_mask.bool(), (0, gen_length), value=False)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, gen_length)], 1)
+    x, answer, prompt, attention_mask = answer_canvas(
+        input_ids, attention_mask, gen_length, mask_token_id
+    )
 
     def p_x0(x: torch.Tensor) -> torch.Tensor:
         masked = (x == mask_token_id) & answer

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from nara.diffusion._model import check_logits, check_token_id, denoise
 from nara.diffusion.cache import KVCache, check_cache_model, check_cache_settings
 from nara.diffusion.dream_sampling import dream_sample, resolve_sampler
-from nara.diffusion.masking import local_mask_density, masked_fraction
+from nara.diffusion.masking import answer_canvas, local_mask_density, masked_fraction
 from nara.diffusion.mdlm_sampling import mdlm_sample
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
@@ -433,14 +432,9 @@ def generate(
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
 
-    x = torch.cat([input_ids, input_ids.new_full((b, gen_length), mask_token_id)], dim=1)
-    answer = torch.zeros_like(x, dtype=torch.bool)  # (B, T)
-    answer[:, prompt_len:] = True
-    if attention_mask is None:
-        prompt_real = ~answer
-    else:
-        prompt_real = F.pad(attention_mask.bool(), (0, gen_length), value=False)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, gen_length)], 1)
+    x, answer, prompt_real, attention_mask = answer_canvas(
+        input_ids, attention_mask, gen_length, mask_token_id
+    )
 
     if cache is not None:
         check_cache_model(model)
