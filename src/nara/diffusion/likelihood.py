@@ -111,6 +111,21 @@ def log_likelihood(
         ValueError: on mismatched inputs, an empty answer, a mask token inside the inputs, or
             non-positive ``n_samples`` / ``batch_size``.
     """
+    single, pairs = checked_pairs(model, prompt_ids, answer_ids, mask_token_id)
+    if n_samples < 1 or batch_size < 1:
+        raise ValueError(f"n_samples ({n_samples}) and batch_size ({batch_size}) must be >= 1")
+    scores = elbo_samples_mean(model, pairs, mask_token_id, n_samples, batch_size, generator)
+    return float(scores[0]) if single else scores.cpu()
+
+
+def checked_pairs(
+    model: torch.nn.Module,
+    prompt_ids: TokenIds | Sequence[TokenIds],
+    answer_ids: TokenIds | Sequence[TokenIds],
+    mask_token_id: int,
+) -> tuple[bool, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """(whether one pair was given, the (prompt, answer) pairs as long tensors on the model's
+    device), after checking what :func:`log_likelihood` documents under Raises."""
     check_token_id(model, mask_token_id)
     single = _is_single(prompt_ids)
     if single != _is_single(answer_ids):
@@ -119,8 +134,6 @@ def log_likelihood(
     answers = [answer_ids] if single else list(answer_ids)
     if len(prompts) != len(answers):
         raise ValueError(f"got {len(prompts)} prompts but {len(answers)} answers; pair them up")
-    if n_samples < 1 or batch_size < 1:
-        raise ValueError(f"n_samples ({n_samples}) and batch_size ({batch_size}) must be >= 1")
     device = next(model.parameters()).device
     pairs = [(_as_ids(q, device), _as_ids(a, device)) for q, a in zip(prompts, answers)]
     for i, (q, a) in enumerate(pairs):
@@ -131,17 +144,30 @@ def log_likelihood(
                 f"pair {i} contains mask_token_id={mask_token_id}; pass clean token ids and "
                 "the model's mask token id"
             )
+    return single, pairs
 
+
+def elbo_samples_mean(
+    model: torch.nn.Module,
+    pairs: list[tuple[torch.Tensor, torch.Tensor]],
+    mask_token_id: int,
+    n_samples: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """float64 (N,) on the model's device: the mean of ``n_samples`` stratified draws of the
+    bound per pair (one mask per drawn count), differentiable unless run under no_grad, so
+    the likelihood score and preference training (:mod:`nara.rl.preference`) share it."""
     lengths = torch.tensor([len(a) for _, a in pairs])
     counts = _mask_counts(lengths, n_samples, generator).reshape(-1)  # (N·n,)
     owners = torch.arange(len(pairs)).repeat_interleave(n_samples)  # (N·n,) pair of each row
-    scores = torch.zeros(len(pairs), dtype=torch.float64)
+    device = pairs[0][1].device
+    scores = torch.zeros(len(pairs), dtype=torch.float64, device=device)
     for start in range(0, len(owners), batch_size):
         chunk = owners[start : start + batch_size]
         rows = [pairs[i] for i in chunk.tolist()]
         part = _score_rows(
             model, rows, counts[start : start + batch_size], mask_token_id, generator
         )
-        scores.index_add_(0, chunk, part.cpu())
-    scores /= n_samples
-    return float(scores[0]) if single else scores
+        scores = scores.index_add(0, chunk.to(device), part)
+    return scores / n_samples
