@@ -161,7 +161,7 @@ def elbo_samples_mean(
     lengths = torch.tensor([len(a) for _, a in pairs])
     counts = _mask_counts(lengths, n_samples, generator).reshape(-1)  # (N·n,)
     owners = torch.arange(len(pairs)).repeat_interleave(n_samples)  # (N·n,) pair of each row
-    device = pairs[0][1].device
+    device = next(model.parameters()).device
     scores = torch.zeros(len(pairs), dtype=torch.float64, device=device)
     for start in range(0, len(owners), batch_size):
         chunk = owners[start : start + batch_size]
