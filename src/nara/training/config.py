@@ -498,8 +498,11 @@ class RecipeConfig:
 # ----------------------------------------------------------------------------- loading
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings to a nested dict (values stay strings until coerced).
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str], sections: tuple[str, ...] = SECTIONS
+) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested dict (values stay strings until coerced);
+    ``sections`` are the recipe's section names (``nara rl`` adds its own).
 
     Raises:
         ConfigError: on a malformed override (no ``=``, or a key that is not ``section.key`` or
@@ -515,14 +518,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             )
         section, dot, name = key.partition(".")
         if not dot:
-            if section in SECTIONS:
+            if section in sections:
                 raise ConfigError(
                     f"override {item!r} sets a whole section; set {section}.<key>=..."
                 )
             raw[section] = value
             continue
-        if section not in SECTIONS:
-            raise ConfigError(unknown_key(key, section, list(SECTIONS), "overrides (section.key)"))
+        if section not in sections:
+            raise ConfigError(unknown_key(key, section, list(sections), "overrides (section.key)"))
         if "." in name:
             raise ConfigError(f"override key {key!r} is nested too deep; use section.key=value")
         target = raw.setdefault(section, {}) or {}
@@ -551,7 +554,9 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeCon
     return RecipeConfig.from_dict(switch_method(raw, list(overrides)))
 
 
-def switch_method(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def switch_method(
+    raw: dict[str, Any], overrides: list[str], sections: tuple[str, ...] = SECTIONS
+) -> dict[str, Any]:
     """Apply ``overrides``; when one changes ``adapter.method``, the recipe's adapter fields that
     the new method does not have are dropped, with a one-line notice on stderr (fields given as
     overrides are kept and checked), so ``adapter.method=<m>`` works on any recipe.
@@ -560,7 +565,7 @@ def switch_method(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
         ConfigError: as :func:`apply_overrides`, or an unknown method.
     """
     before = (raw or {}).get("adapter") or {}
-    result = apply_overrides(raw, overrides)
+    result = apply_overrides(raw, overrides, sections)
     after = result.get("adapter") or {}
     old_method = str(before.get("method", AdapterSection.method))
     new_method = str(after.get("method", old_method))

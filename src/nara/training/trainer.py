@@ -190,7 +190,7 @@ class Trainer:
         self._lock = RunLock(self.output_dir).__enter__()
         ckpt.remove_partial(self.output_dir)
         path = ckpt.resolve_resume(c.resume, self.output_dir)
-        fields = run_fields(self.config)
+        fields = self._run_fields()
         if path is not None:
             check_same_run(path, fields)
 
@@ -213,6 +213,10 @@ class Trainer:
                 "starting from scratch"
             )
         return (None if path is None else str(path)), os.getpid()
+
+    def _run_fields(self) -> dict[str, Any]:
+        """The fields that identify this run (``run.json``, checked on resume)."""
+        return run_fields(self.config)
 
     def _setup_model(self, loaded: Any) -> None:
         """Base model (frozen) + adapters; trainable weights in float32 under autocast."""
@@ -470,7 +474,7 @@ class Trainer:
             "trainer": self.state.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-            "run": run_fields(self.config),
+            "run": self._run_fields(),
         }
         ckpt.save_json(folder / ckpt.TRAINER_STATE, state)
         (folder / "config.yaml").write_text(self.config.to_yaml())
