@@ -608,11 +608,16 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"recipe {path} is not UTF-8 text ({err.reason}); fix the file") from None
 
 
-def schema_help() -> str:
-    """Every recipe key with its type, default and help: the body of ``nara train --help``."""
+def schema_help(recipe: type | None = None) -> str:
+    """Every recipe key with its type, default and help: the body of ``nara train --help``
+    (of ``nara rl --help`` with ``recipe`` = the RL recipe class; default :class:`RecipeConfig`).
+    """
+    recipe = recipe or RecipeConfig
     lines = []
-    for name in [*SECTIONS]:
-        cls = SECTION_TYPES[name]
+    for f in dataclasses.fields(recipe):
+        if f.name == "output_dir":
+            continue
+        name, cls = f.name, typing.get_type_hints(recipe)[f.name]
         lines.append(f"{name}:  {cls.__doc__.strip().splitlines()[0]}")
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -624,6 +629,7 @@ def schema_help() -> str:
             kind = "|".join(choices) if choices else type_name(hints[f.name])
             lines.append(f"  {name}.{f.name}  ({kind}; default {default!r})")
             lines.append(f"      {f.metadata['help']}")
-    lines.append("output_dir  (str; default 'runs/nara')")
-    lines.append(f"      {RecipeConfig.__dataclass_fields__['output_dir'].metadata['help']}")
+    out = recipe.__dataclass_fields__["output_dir"]
+    lines.append(f"output_dir  (str; default {out.default!r})")
+    lines.append(f"      {out.metadata['help']}")
     return "\n".join(lines)
