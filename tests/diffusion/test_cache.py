@@ -301,7 +301,8 @@ def test_classifier_free_guidance_with_the_cache_equals_uncached_at_one_step_per
         (dict(cache_tolerance=0.1), "needs a cache"),
         (dict(cache="dual", cache_tolerance=-1.0), "cache_tolerance must be a finite number"),
         (dict(cache="dual", cache_tolerance=float("nan")), "cache_tolerance must be a finite"),
-        (dict(cache="dual", sampler="dream"), "cache does not apply to the 'dream' sampler"),
+        (dict(cache="dual", sampler="dream"), "cache='dual' does not apply to the 'dream'"),
+        (dict(cache="prefix", sampler="mdlm"), "cache does not apply to the 'mdlm' sampler"),
     ],
 )
 def test_bad_cache_settings_are_refused(model, change: dict, message: str) -> None:
@@ -311,7 +312,7 @@ def test_bad_cache_settings_are_refused(model, change: dict, message: str) -> No
 
 def test_models_the_cache_cannot_serve_are_refused() -> None:
     scripted = ScriptedModel(torch.zeros(1, 6, dtype=torch.long), torch.ones(1, 6))
-    with pytest.raises(ValueError, match="needs nara's native LLaDA"):
+    with pytest.raises(ValueError, match="needs nara's native LLaDA or Dream"):
         generate(
             scripted,
             torch.tensor([[3, 4]]),

@@ -1,4 +1,4 @@
-"""Key/value caching for LLaDA's block sampler: prefix and dual cache, aware of the noise level.
+"""Key/value caching for the samplers: prefix and dual cache, aware of the noise level.
 
 A masked-diffusion model attends bidirectionally, so no key/value is exactly reusable once any
 token changes. Caching is an approximation that bets on the far context changing little while a
@@ -18,9 +18,10 @@ They are refreshed at every block start and, with ``tolerance``, for each sample
 moved by more than ``tolerance`` since its entries were recorded (that sample's step is then a
 whole-sequence pass). Each sample's decision is its own, so a batch decodes as its rows alone.
 
-The model side is small: nara's LLaDA takes ``kv_cache=`` (:class:`KVCache`), starts its rotary
-positions at ``kv_cache.start`` and lets each layer splice its fresh keys/values through
-``kv_cache.layer(i)``.
+The model side is small: nara's LLaDA and Dream take ``kv_cache=`` (:class:`KVCache`), start
+their rotary positions at ``kv_cache.start`` and let each layer splice its fresh keys/values
+through ``kv_cache.layer(i)``. LLaDA's block sampler uses it on either model; Dream's sampler
+decodes the whole answer as one block, so only ``"prefix"`` (the prompt's entries) applies there.
 """
 
 from __future__ import annotations
@@ -61,15 +62,16 @@ def check_cache_settings(cache: str | None, tolerance: float | None) -> None:
 
 
 def check_cache_model(model: torch.nn.Module) -> None:
-    """Raise ValueError unless ``model`` can run with a KV cache: nara's native LLaDA, without
-    virtual tokens (prompt tuning, P-tuning shift every position) or a trajectory router (it
-    reads the prompt's hidden states, which a cached step does not compute)."""
+    """Raise ValueError unless ``model`` can run with a KV cache: nara's native LLaDA or Dream,
+    without virtual tokens (prompt tuning, P-tuning shift every position) or a trajectory router
+    (it reads the prompt's hidden states, which a cached step does not compute)."""
     from nara.adapters.noise import find_hub
+    from nara.models.dream import DreamModel
     from nara.models.llada import LLaDAModelLM
 
-    if not any(isinstance(m, LLaDAModelLM) for m in model.modules()):
+    if not any(isinstance(m, (LLaDAModelLM, DreamModel)) for m in model.modules()):
         raise ValueError(
-            f"cache= needs nara's native LLaDA (nara.load_model of a LLaDA checkpoint); "
+            f"cache= needs nara's native LLaDA or Dream (nara.load_model of such a checkpoint); "
             f"{type(model).__name__} has no KV cache support: use cache=None"
         )
     hub = find_hub(model)
@@ -186,11 +188,15 @@ class KVCache:
         record: bool,
     ) -> torch.Tensor:
         """One model call on ``rows`` (None = all): a recording whole-sequence pass, or the
-        cached window pass."""
+        cached window pass. The window starts at the first logit the block's predictions are
+        read from: ``start`` for aligned models, ``start − 1`` for shifted ones (Dream)."""
+        from nara.models.families import logit_positions
+
+        first = int(logit_positions(model, torch.tensor(start)))
         window_end = x.shape[1] if self.mode == "prefix" else end
-        self.start, self._end = (0, None) if record else (start, window_end)
+        self.start, self._end = (0, None) if record else (first, window_end)
         self._rows = rows
-        ids = x if record else x[:, start:window_end]
+        ids = x if record else x[:, first:window_end]
         try:
             logits = denoise(
                 model,
@@ -210,4 +216,4 @@ class KVCache:
                 self._lam[rows] = lam[rows]
             self.refreshes += lam.shape[0] if rows is None else int(rows.sum())
             return logits[:, start:end]
-        return logits[:, : end - start]
+        return logits[:, start - first : end - first]

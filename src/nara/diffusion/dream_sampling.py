@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from nara.diffusion._model import check_logits, denoise
+from nara.diffusion.cache import KVCache, check_cache_model
 from nara.diffusion.masking import answer_canvas, local_mask_density, masked_fraction
 
 EPS = 1e-3  # floor of the released time grid
@@ -50,8 +51,8 @@ _OPTIONS = {
         "LLaDA's: blocks, confidence order, guidance, threshold, KV cache",
     ),
     "dream": (
-        {"temperature", "remasking", "top_p", "top_k", "alg_temp"},
-        "Dream's: the whole answer at once on its time grid",
+        {"temperature", "remasking", "top_p", "top_k", "alg_temp", "cache"},
+        "Dream's: the whole answer at once on its time grid, prefix KV cache",
     ),
     "mdlm": (
         set(),
@@ -103,6 +104,12 @@ def resolve_sampler(
         raise ValueError(
             f"{name} does not apply to the {sampler!r} sampler ({what}); drop it, or pass "
             f"sampler={' or '.join(repr(s) for s in having)}"
+        )
+    if sampler == "dream" and cache == "dual":
+        raise ValueError(
+            "cache='dual' does not apply to the 'dream' sampler: it decodes the whole answer as "
+            "one block, so no masked suffix follows it; use cache='prefix' (reuses the prompt's "
+            "keys/values), or sampler='llada' with a block_length for a dual cache"
         )
     return sampler
 
@@ -230,8 +237,16 @@ def dream_sample(
     alg_temp: float | None,
     return_history: bool,
     generator: torch.Generator | None,
+    cache: str | None = None,
+    cache_tolerance: float | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Dream's sampler on validated arguments (see :func:`nara.diffusion.generate`).
+
+    With ``cache="prefix"`` the answer is one block (:mod:`nara.diffusion.cache`): the first step
+    runs the whole sequence and records every layer's keys/values; later steps feed only the
+    answer, whose queries attend to the prompt's recorded entries, re-recorded for a sample whose
+    λ moved by more than ``cache_tolerance`` (None: never). Positions are then revealed among
+    the answer's masked positions only (the same ones unless the prompt holds the mask token).
 
     Args:
         input_ids: long (B, P), left-padded prompts; attention_mask: (B, P) or None.
@@ -246,17 +261,36 @@ def dream_sample(
     )
     alg = DREAM_ALGS[remasking]
     times = torch.linspace(1, EPS, steps + 1, device=x.device)
+    if cache is not None:
+        check_cache_model(model)
+        kv_cache = KVCache(cache, cache_tolerance)
+        kv_cache.begin_block()
+    region = 0 if cache is None else prompt_len  # first position a step may reveal
     history = []
     for i in range(steps):
         masked = x == mask_token_id  # (B, T)
         in_answer = masked & answer
         lam, density = masked_fraction(in_answer, answer), local_mask_density(in_answer, answer)
-        logits = denoise(model, x, attention_mask, lam, density, prompt).float()  # (B, T, V)
-        check_logits(logits[:, prompt_len:], f"step {i}")
+        args = (model, x, attention_mask, lam, density, prompt)
+        if cache is None:
+            logits = denoise(*args).float()  # (B, T, V)
+        else:
+            logits = kv_cache.logits(*args, prompt_len, x.shape[1]).float()  # (B, G, V)
+        check_logits(logits[:, prompt_len - region :], f"step {i}")
         fraction = 1 - times[i + 1] / times[i]
         last = i == steps - 1
         _reveal(
-            x, masked, logits, fraction, last, alg, temperature, top_p, top_k, alg_temp, generator
+            x[:, region:],  # a view: revealed in place
+            masked[:, region:],
+            logits,
+            fraction,
+            last,
+            alg,
+            temperature,
+            top_p,
+            top_k,
+            alg_temp,
+            generator,
         )
         if return_history:
             history.append(x.clone())

@@ -341,10 +341,11 @@ def generate(
         cfg_scale: classifier-free guidance weight w (0 = off).
         eos_token_id: stop early at EOS (see above); None = decode every position.
         threshold: confidence in (0, 1] for parallel decoding; None = fixed schedule.
-        cache: key/value cache (nara's LLaDA, LLaDA's sampler): None = every step runs the
+        cache: key/value cache (nara's LLaDA or Dream): None = every step runs the
             whole sequence; ``"prefix"`` = later steps of a block reuse the keys/values of the
             positions before it, recorded at the block's first step; ``"dual"`` = also those
-            after it (:mod:`nara.diffusion.cache`, docs/cache.md). An approximation.
+            after it (LLaDA's sampler only: Dream's decodes the answer as one block)
+            (:mod:`nara.diffusion.cache`, docs/cache.md). An approximation.
         cache_tolerance: with a cache, also recompute a sample's keys/values when its λ has
             moved by more than this since they were recorded (None = only at block starts;
             0 = whenever λ changes, i.e. uncached).
@@ -420,6 +421,8 @@ def generate(
                 top_p=top_p,
                 top_k=top_k,
                 alg_temp=alg_temp,
+                cache=cache,
+                cache_tolerance=cache_tolerance,
                 **shared,
             )
         else:

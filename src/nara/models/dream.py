@@ -150,14 +150,22 @@ class DreamAttention(nn.Module):
         self.kv_prefix = None
 
     def forward(
-        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        cached_kv: Any = None,
     ) -> torch.Tensor:
-        """h: (B, T, d); cos, sin: (T, D); key_mask: bool (B, T) or None. Returns (B, T, d)."""
+        """h: (B, T, d); cos, sin: (T, D); key_mask: bool (B, S) or None; cached_kv: None or a
+        KV cache's splice (k, v) -> (k, v) (see ``DreamModel.forward``). Returns (B, T, d)."""
         b, t, _ = h.shape
         q = self.q_proj(h).view(b, t, self.n_heads, -1).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(h).view(b, t, self.n_kv_heads, -1).transpose(1, 2)  # (B, H_kv, T, D)
         v = self.v_proj(h).view(b, t, self.n_kv_heads, -1).transpose(1, 2)  # (B, H_kv, T, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cached_kv is not None:  # the fresh window spliced into the whole sequence's K/V
+            k, v = cached_kv(k, v)  # (B, H_kv, S, D)
         if self.kv_prefix is not None:
             k, v, key_mask = self.kv_prefix(k, v, key_mask)  # (B, H_kv, n + T, D)
         y = bidirectional_attention(q, k, v, key_mask)  # (B, H, T, D)
@@ -194,9 +202,10 @@ class DreamDecoderLayer(GradientCheckpointingLayer):
         cos: torch.Tensor,
         sin: torch.Tensor,
         key_mask: torch.Tensor | None,
+        cached_kv: Any = None,
     ) -> torch.Tensor:
-        """x: (B, T, d); returns (B, T, d)."""
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, key_mask)
+        """x: (B, T, d); returns (B, T, d). ``cached_kv``: see :class:`DreamAttention`."""
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, key_mask, cached_kv)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -263,6 +272,7 @@ class DreamModel(PreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        kv_cache: Any = None,
         head: bool = True,
         **kwargs: Any,
     ) -> MaskedLMOutput | BaseModelOutput | tuple[torch.Tensor, ...]:
@@ -275,6 +285,10 @@ class DreamModel(PreTrainedModel):
                 rotary embedding depends only on relative positions). Otherwise bidirectional.
             labels: accepted and ignored: ``nara.diffusion.diffusion_loss`` computes the loss.
             output_hidden_states: also return the input of every layer and the final output.
+            kv_cache: None, or a sampler's key/value cache (``nara.diffusion.cache.KVCache``),
+                as for ``LLaDAModelLM.forward``: the input tokens sit at positions
+                ``kv_cache.start`` … of the sequence, layer i splices its fresh keys/values
+                through ``kv_cache.layer(i)``, and ``attention_mask`` covers the whole sequence.
             head: False returns the final hidden state (B, T, hidden_size) as
                 ``last_hidden_state`` instead of logits; :meth:`head_logits` computes them where
                 needed (the diffusion loss's masked positions, in chunks).
@@ -287,12 +301,13 @@ class DreamModel(PreTrainedModel):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         key_mask = None if attention_mask is None else attention_mask.bool()  # (B, T)
+        start = 0 if kv_cache is None else kv_cache.start
         cos, sin = rotary_cos_sin(
-            x.shape[1], self.config.head_dim, self.config.rope_theta, x.device
+            x.shape[1], self.config.head_dim, self.config.rope_theta, x.device, start
         )  # (T, D)
         hidden = [x] if output_hidden_states else None
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, key_mask)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, key_mask, None if kv_cache is None else kv_cache.layer(i))
             if hidden is not None:
                 hidden.append(x)
         states = tuple(hidden) if hidden is not None else None
