@@ -72,7 +72,8 @@ def load_model(
             i + 1); recorded as ``model.config.logit_convention``.
         load_in_4bit: a LLaDA or Dream base with its block linears in NF4 (double quantisation,
             bfloat16 compute; embeddings, head and norms unquantised), for QLoRA
-            (:mod:`nara.models.quantize`; needs bitsandbytes and a CUDA GPU).
+            (:mod:`nara.models.quantize`; needs bitsandbytes; on the GPU if one is visible and
+            no device is given, else on the CPU).
         load_in_8bit: the same in LLM.int8().
 
     Raises:
@@ -82,7 +83,7 @@ def load_model(
             shapes), no mask token id can be found, or the logit convention of a model of no
             native family is unknown (the message lists the families and the fix), or a
             quantised load of a model other than LLaDA and Dream.
-        ImportError, RuntimeError: a quantised load without bitsandbytes or a CUDA GPU.
+        ImportError: a quantised load without a bitsandbytes that runs here.
     """
     if logit_convention is not None and logit_convention not in LOGIT_CONVENTIONS:
         raise ValueError(
@@ -116,9 +117,9 @@ def load_model(
 def _quantized_placement(
     family: Any, raw: dict[str, Any], load_in_4bit: bool, load_in_8bit: bool, device: Any
 ) -> dict[str, Any]:
-    """from_pretrained arguments of a 4- or 8-bit load (bfloat16 elsewhere, on the GPU)."""
+    """from_pretrained arguments of a 4- or 8-bit load (bfloat16 elsewhere)."""
     from nara.models.families import FAMILIES
-    from nara.models.quantize import quantization_config
+    from nara.models.quantize import quantization_config, quantized_device
 
     if family not in (FAMILIES["llada"], FAMILIES["dream"]):
         raise ValueError(
@@ -128,7 +129,7 @@ def _quantized_placement(
     return {
         "quantization_config": quantization_config(load_in_4bit, load_in_8bit),
         "dtype": torch.bfloat16,
-        "device_map": str(device) if device is not None else "cuda",
+        "device_map": str(device) if device is not None else quantized_device(),
     }
 
 

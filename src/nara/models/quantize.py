@@ -6,41 +6,64 @@ the embeddings, the output head and the norms are not quantised (they stay in th
 bfloat16 by default). 8 bits is bitsandbytes' LLM.int8(). The adapters train in float32 on top
 (docs/memory.md has what each saves).
 
-bitsandbytes is an optional dependency (``pip install 'nara[qlora]'``) and its 4- and 8-bit
-layers are exercised here on a CUDA GPU only; on a machine without either, asking for a quantised
-load is a clear error that names what is missing, before any weight is read.
+bitsandbytes is an optional dependency (``pip install 'nara-peft[qlora]'``). From
+:data:`MIN_BITSANDBYTES` on it has a CPU backend for its 4- and 8-bit layers (forward and
+backward), so a quantised base loads and trains on a CPU too (slowly: the weights are dequantised
+for each product) as well as on a CUDA GPU; older releases quantise only on CUDA, and
+transformers accepts none older. On a machine where it cannot run, asking for a quantised load is
+an error naming what is missing, raised before any weight is read.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import importlib.util
 from typing import Any
 
 import torch
+from packaging.version import Version
 
-INSTALL = "pip install 'nara[qlora]' (or pip install bitsandbytes)"
+# the first release whose 4- and 8-bit layers run on a CPU, and transformers 5's minimum
+MIN_BITSANDBYTES = "0.46.1"
+INSTALL = f"pip install 'nara-peft[qlora]' (or pip install 'bitsandbytes>={MIN_BITSANDBYTES}')"
 
 
 def require_bitsandbytes(what: str = "load_in_4bit") -> None:
-    """Raise unless bitsandbytes is installed and a CUDA GPU is visible.
+    """Raise unless a bitsandbytes that can quantise on this machine is installed and imports.
 
     Raises:
-        ImportError: bitsandbytes is not installed (the message gives the install command).
-        RuntimeError: no CUDA GPU (torch.cuda.is_available() is False); the message says which
-            torch build this is and how to train without quantisation.
+        ImportError: bitsandbytes is not installed, is older than :data:`MIN_BITSANDBYTES`, or
+            fails to import (its native library does not load here); each message names the
+            package, the version found and the install command.
     """
+    fallback = f"or train the base in bfloat16 (model.{what}=false, model.dtype=bfloat16)"
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ImportError(
             f"model.{what}=true needs the bitsandbytes package, which is not installed here: "
-            f"{INSTALL}; or train the base in bfloat16 (model.{what}=false, model.dtype=bfloat16)"
+            f"{INSTALL}; {fallback}"
         )
-    if not torch.cuda.is_available():
-        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise RuntimeError(
-            f"model.{what}=true needs a CUDA GPU: nara runs bitsandbytes' 4- and 8-bit layers on "
-            f"CUDA only, and torch.cuda.is_available() is False (torch {torch.__version__}, "
-            f"{build}); run on a GPU machine, or set model.{what}=false and model.dtype=bfloat16"
+    found = importlib.metadata.version("bitsandbytes")
+    if Version(found) < Version(MIN_BITSANDBYTES):
+        raise ImportError(
+            f"model.{what}=true needs bitsandbytes >= {MIN_BITSANDBYTES} (the first release whose "
+            f"4- and 8-bit layers run on a CPU as well as CUDA, and the oldest transformers "
+            f"accepts); bitsandbytes {found} is installed: {INSTALL}; {fallback}"
         )
+    try:
+        importlib.import_module("bitsandbytes")
+    except Exception as error:  # its native library can fail to load on an unsupported platform
+        raise ImportError(
+            f"model.{what}=true: bitsandbytes {found} is installed but does not import on this "
+            f"machine ({type(error).__name__}: {error}); reinstall it for this platform "
+            f"({INSTALL}), {fallback}"
+        ) from error
+
+
+def quantized_device() -> str:
+    """Where a quantised base loads when no device is given: the GPU if one is visible, else the
+    CPU (bitsandbytes' layers need their weights on the device that runs them)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def quantization_config(load_in_4bit: bool = False, load_in_8bit: bool = False) -> Any:
@@ -51,7 +74,7 @@ def quantization_config(load_in_4bit: bool = False, load_in_8bit: bool = False) 
 
     Raises:
         ValueError: both are set.
-        ImportError, RuntimeError: see :func:`require_bitsandbytes`.
+        ImportError: see :func:`require_bitsandbytes`.
     """
     if load_in_4bit and load_in_8bit:
         raise ValueError(

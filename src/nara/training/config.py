@@ -213,7 +213,7 @@ class ModelSection(Section):
     load_in_4bit: bool = option(
         False,
         "QLoRA: the base's block linears in 4 bits (NF4, double quantisation, bfloat16 "
-        "compute; LLaDA and Dream; needs bitsandbytes and a CUDA GPU; docs/memory.md).",
+        "compute; LLaDA and Dream; needs bitsandbytes; docs/memory.md).",
     )
     load_in_8bit: bool = option(False, "The base's block linears in 8 bits (LLM.int8()).")
 
