@@ -67,8 +67,9 @@ def add_sampler_arguments(parser: argparse.ArgumentParser, gen_length: int | Non
         "--cache",
         default="none",
         choices=("none", "prefix", "dual"),
-        help="key/value cache (LLaDA's sampler; docs/cache.md): reuse the keys/values before "
-        "the block (prefix) or also after it (dual) within a block; faster, approximate",
+        help="key/value cache (LLaDA and Dream; docs/cache.md): reuse the keys/values before "
+        "the block (prefix) or also after it (dual, LLaDA's sampler) within a block; faster, "
+        "approximate",
     )
     parser.add_argument(
         "--cache-tolerance",
