@@ -194,7 +194,8 @@ def test_corpus_families_and_formats(corpus):
 def test_task_specs_and_errors():
     tasks = embedded_tasks()
     assert {n: t.scorer for n, t in tasks.items()} == {
-        "commonsense": "keyword", "arithmetic": "exact", "programs": "exact"}  # fmt: skip
+        "commonsense": "keyword", "arithmetic": "exact", "programs": "exact",
+        "sentiment": "keyword"}  # fmt: skip
     assert tasks["commonsense"].choices == ("option1", "option2")
     with pytest.raises(KeyError, match="choose from"):
         load_embedded("nope", "train")

@@ -221,7 +221,19 @@ def embedded_tasks() -> dict[str, TaskSpec]:
             gen_length=24,
         ),
     )
-    return {spec.name: spec for spec in specs}
+    # issue 17: sentiment classification (nara.data.sentiment, its own module)
+    from nara.data.sentiment import sentiment_example
+
+    sentiment = TaskSpec(
+        "sentiment",
+        "movie-review sentiment with negations and contrasts; answer positive/negative",
+        "keyword",
+        sentiment_example,
+        choices=("positive", "negative"),
+        seed=404,
+        gen_length=8,
+    )
+    return {spec.name: spec for spec in (*specs, sentiment)}
 
 
 def split_of(key: Hashable) -> str:

@@ -7,6 +7,9 @@ CSV file with a header row):
 - ``prompt-answer``: ``{prompt, answer}`` with an optional ``target`` (training text).
 - ``humaneval``: ``{task_id, prompt, canonical_solution, test, entry_point}``.
 - ``mbpp``: ``{task_id, text, code, test_list}`` with optional ``test_setup_code``.
+- ``sst2``: ``{sentence, label}`` (SST-2, label 0 negative / 1 positive), prompted with
+  :func:`nara.data.sentiment.sentiment_prompt`; never auto-detected (other tasks share the
+  layout): chosen by name, as the ``sst2`` task and the ``sst2`` hub source do.
 
 Other column names are mapped with ``columns`` (``{"prompt": "question", "answer": "label"}``,
 written ``prompt=question,answer=label`` on a command line): each named column is renamed to the
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nara.data.sentiment import SST2_HUB, SST2_NAMES, sentiment_prompt, sst2_label
 from nara.data.templates import llm_adapters_prompt, mbpp_prompt
 
 
@@ -55,6 +59,7 @@ class _Format:
     required: dict[str, type | tuple[type, ...]]
     optional: dict[str, type | tuple[type, ...]]
     build: Callable[[dict[str, Any], str], Record]
+    detected: bool = True  # chosen by format="auto" when the required fields are there
 
     def describe(self, name: str) -> str:
         fields = ", ".join([*self.required, *(f"{k}?" for k in self.optional)])
@@ -87,6 +92,14 @@ def _mbpp(raw: dict[str, Any], rid: str) -> Record:
     return Record(mbpp_prompt(raw["text"], raw["test_list"]), raw["code"], raw["code"], meta)
 
 
+def _sst2(raw: dict[str, Any], rid: str) -> Record:
+    try:
+        answer = sst2_label(raw["label"], f"record {rid}")
+    except ValueError as err:
+        raise RecordFormatError(str(err)) from None
+    return Record(sentiment_prompt(raw["sentence"]), answer, None, {"id": str(raw.get("idx", rid))})
+
+
 _NUMBER_OR_STR = (str, int, float)
 FORMATS: dict[str, _Format] = {
     "llm-adapters": _Format(
@@ -107,6 +120,7 @@ FORMATS: dict[str, _Format] = {
         {"test_setup_code": str},
         _mbpp,
     ),
+    "sst2": _Format({"sentence": str, "label": (int, str)}, {"idx": (int, str)}, _sst2, False),
 }
 
 
@@ -197,7 +211,7 @@ def _rename(raw: Any, columns: dict[str, str], where: str) -> Any:
 def _detect(first: Any) -> str:
     keys = set(first) if isinstance(first, dict) else set()
     for name, fmt in FORMATS.items():
-        if set(fmt.required) <= keys:
+        if fmt.detected and set(fmt.required) <= keys:
             return name
     return "prompt-answer"  # the simplest format: its error message lists what is missing
 
@@ -291,8 +305,11 @@ def load_hub(
 ) -> list[Record]:
     """Load records from a Hugging Face dataset (needs `datasets` and network access).
 
-    The dataset's columns must match one of :data:`FORMATS`.
+    The dataset's columns must match one of :data:`FORMATS`; SST-2 (``sst2``, ``sst-2`` or
+    its hub name) is read in the ``sst2`` format.
     """
+    if name.lower() in SST2_NAMES and format == "auto":
+        name, format = SST2_HUB, "sst2"
     datasets = require_datasets(name)
     rows = datasets.load_dataset(name, config, split=split)
     return parse_records(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nara.data.records import Record, load_hub, load_records
+from nara.data.sentiment import LABELS, SST2_HUB
 from nara.evaluation import scoring
 from nara.evaluation.sandbox import CodeTest
 
@@ -33,6 +34,9 @@ class Task:
     aliases: other accepted names.
     gen_length: default number of tokens to generate.
     own_file: a user's data file (``path`` is the file itself, see :func:`file_task`).
+    format: the record format of its data (:data:`nara.data.records.FORMATS`; auto-detected).
+    hub: the Hugging Face dataset read when no local copy is found (None: a local copy is needed).
+    split: the split scored (SST-2's test labels are hidden: it scores validation).
     """
 
     name: str
@@ -43,6 +47,9 @@ class Task:
     aliases: tuple[str, ...] = ()
     gen_length: int = 32
     own_file: bool = False
+    format: str = "auto"
+    hub: str | None = None
+    split: str = "test"
 
 
 def _numbered(word: str, count: int) -> tuple[str, ...]:
@@ -70,6 +77,9 @@ _TABLE: list[Task] = [
     Task("AQuA", "math", "letter", _la("AQuA"), gen_length=256),
     Task("humaneval", "code", "humaneval", "code/humaneval.jsonl", gen_length=512),
     Task("mbpp", "code", "mbpp", "code/mbpp.jsonl", gen_length=512),
+    # the label word generated and scored (nara.data.sentiment); `positive` is 6 tiny-BPE tokens
+    Task("sst2", "classification", "choice", "sst2/validation.csv", LABELS, ("sst-2",),
+         gen_length=8, format="sst2", hub=SST2_HUB, split="validation"),
 ]  # fmt: skip
 GROUPS: dict[str, list[str]] = {}
 for _task in _TABLE:
@@ -203,17 +213,19 @@ def load_task(
     task: Task,
     data: str | Path | None = None,
     *,
-    split: str = "test",
+    split: str | None = None,
     hub: str | None = None,
     columns: str | dict[str, str] | None = None,
 ) -> list[Record]:
-    """Records of `task`: from `data` (a data directory or the task's file itself), or from the
-    Hugging Face dataset `hub` (LLM-Adapters columns), or the embedded suite; a user's own file
-    from its path, with `columns` mapped to record fields (``prompt=question,answer=label``).
+    """Records of the task's `split` (default: the one it scores): from `data` (a data directory
+    or the task's file itself), or from the Hugging Face dataset `hub` (LLM-Adapters columns;
+    a task with its own ``hub`` reads it when no local copy is found), or the embedded suite;
+    `columns` maps a file's or dataset's columns to record fields (``prompt=question,answer=label``).
 
     Raises:
         FileNotFoundError: the task's file is missing (HellaSwag is not shipped: pass its path).
     """
+    split = split or task.split
     if task.own_file:
         records = load_records(task.path, columns=columns)
         if task.kind == "code" and not all({"test", "tests"} & r.meta.keys() for r in records):
@@ -236,16 +248,31 @@ def load_task(
             Record(r["prompt"], r["answer"], r["answer"], {"id": f"{name}-{split}-{i}"})
             for i, r in enumerate(rows)
         ]
+    if hub is None and data is None and task.hub is not None and not _has_local_copy(task, split):
+        hub = task.hub
     if hub is not None:
-        return load_hub(hub, split=split)
+        return load_hub(hub, split=split, format=task.format, columns=columns)
     root = data_dir(data)
-    path = root if root.is_file() else root / task.path.replace("/test.", f"/{split}.")
+    path = root if root.is_file() else root / _split_path(task, split)
     if not path.exists():
         raise FileNotFoundError(
             f"data for task {task.name!r} not found at {path}; pass its file or data directory "
             "with --data PATH, set NARA_DATA_DIR, or load it from the hub"
         )
-    return load_records(path)
+    return load_records(path, task.format, columns=columns)
+
+
+def _split_path(task: Task, split: str) -> str:
+    """The task's file of `split`, relative to the data directory."""
+    return task.path.replace(f"/{task.split}.", f"/{split}.")
+
+
+def _has_local_copy(task: Task, split: str) -> bool:
+    """Whether the default data directory holds the task's file of `split`."""
+    try:
+        return (data_dir() / _split_path(task, split)).is_file()
+    except FileNotFoundError:  # no data directory at all
+        return False
 
 
 def oracle_generation(task: Task, record: Record) -> str:
