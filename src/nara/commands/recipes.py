@@ -1,7 +1,7 @@
 """List the ready-made recipes (YAML files found in configs/, not a hand-kept list).
 
 Folders searched: $NARA_RECIPES (path-separated), ./configs, and the configs/ of a nara source
-checkout. Run one with `nara train NAME`.
+checkout. Run one with `nara train NAME`, an RL recipe (marked [nara rl]) with `nara rl NAME`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from nara.training.recipes import find_recipes, recipe_dirs
 
-    recipes = find_recipes()
+    recipes = find_recipes(None)
     if not recipes:
         dirs = ", ".join(str(d) for d in recipe_dirs()) or "no configs/ folder found"
         print(f"no recipes found (searched: {dirs}); set NARA_RECIPES to a folder of YAML recipes")
@@ -29,5 +29,6 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(r.name) for r in recipes)
     for r in recipes:
         where = f"  [{r.path}]" if args.paths else ""
-        print(f"{r.name:<{width}}  {r.summary}{where}")
+        rl = "  [nara rl]" if r.command == "rl" else ""
+        print(f"{r.name:<{width}}  {r.summary}{rl}{where}")
     return 0
