@@ -16,12 +16,17 @@ from torch import nn
 
 from nara.adapters import (
     AdapterConfig,
+    BitFitConfig,
+    BottleneckConfig,
     DoRAConfig,
+    FouRAConfig,
     HiRAConfig,
+    IA3Config,
     LoRAConfig,
     MultiLoRAConfig,
     NaRAConfig,
     NaRADoRAConfig,
+    PrefixTuningConfig,
     TLoRAConfig,
     add_adapters,
 )
@@ -53,7 +58,15 @@ NARA_METHODS: dict[str, type[AdapterConfig]] = {
     "NaRA-DoRA": NaRADoRAConfig,
     "Multi-LoRA": MultiLoRAConfig,
     "T-LoRA": TLoRAConfig,
+    "FouRA": FouRAConfig,
+    "bottleneck": BottleneckConfig,
+    "prefix tuning": PrefixTuningConfig,
+    "BitFit": BitFitConfig,
+    "(IA)3": IA3Config,
 }
+# methods whose design fixes their modules keep their own targets (bottleneck: attention and MLP
+# outputs; (IA)3: keys, values and the MLP output); BitFit's biases and (IA)3's vectors have no rank
+OWN_TARGETS = ("bottleneck", "(IA)3")
 
 
 def model_config(size: str, quick: bool = False) -> LLaDAConfig:
@@ -97,8 +110,15 @@ def shared_copy(model: nn.Module) -> nn.Module:
 
 
 def adapter_config(name: str, rank: int, dropout: float) -> AdapterConfig:
-    """nara's config for method row ``name`` at rank ``rank`` on TARGETS, alpha = 2·rank."""
-    return NARA_METHODS[name](r=rank, alpha=2.0 * rank, dropout=dropout, target_modules=TARGETS)
+    """nara's config for method row ``name`` at rank ``rank`` on TARGETS (or the method's own,
+    :data:`OWN_TARGETS`), alpha = 2·rank; prefix tuning learns ``rank`` virtual tokens."""
+    config = NARA_METHODS[name]
+    options = {"r": rank, "alpha": 2.0 * rank, "dropout": dropout}
+    if name not in OWN_TARGETS:
+        options["target_modules"] = TARGETS
+    if config is PrefixTuningConfig:
+        options["num_virtual_tokens"] = rank
+    return config(**options)
 
 
 def peft_lora(model: nn.Module, rank: int, dropout: float) -> nn.Module:
