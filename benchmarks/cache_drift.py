@@ -63,6 +63,23 @@ def measure(model: torch.nn.Module, batch: tuple, args: argparse.Namespace) -> d
     return row
 
 
+def table(results: dict[str, Any]) -> str:
+    """Markdown: one row per model, its λ-sensitivity, training KL and mean drift per setting."""
+    rows = [k for k, v in results.items() if isinstance(v, dict) and "lambda_sensitivity" in v]
+    settings = [k for k in results[rows[0]] if " tol=" in k]
+    names = [k.replace(" tol=None", "").replace(" tol=", " τ=") for k in settings]
+    lines = [
+        f"| teacher/model | λ-sensitivity | KL to teacher | {' | '.join(names)} |",
+        "|---|---:|---:|" + "---:|" * len(settings),
+    ]
+    for key in rows:
+        row = results[key]
+        train = f"{row['train_kl']:.3f}" if "train_kl" in row else "-"
+        cells = " | ".join(f"{row[k]['mean_kl']:.4f}" for k in settings)
+        lines.append(f"| {key} | {row['lambda_sensitivity']:.4f} | {train} | {cells} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="'tiny' or a LLaDA folder")
@@ -78,7 +95,11 @@ def main() -> int:
     parser.add_argument("--tolerances", type=float, nargs="*", default=[0.1, 0.05])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
+    parser.add_argument("--report", metavar="FILE", help="only print the table of a --json file")
     args = parser.parse_args()
+    if args.report:
+        print(table(json.loads(Path(args.report).read_text())))
+        return 0
     torch.set_num_threads(args.threads)
 
     from nara.adapters import add_adapters
@@ -112,6 +133,7 @@ def main() -> int:
                 row = {"train_kl": round(sum(tail) / len(tail), 4), **measure(student, batch, args)}
             results[f"{kind}/{label}"] = row
             print(json.dumps({f"{kind}/{label}": row}), flush=True)
+    print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -6,8 +6,10 @@
 
 Speed: ``nara.generate`` with ``cache`` None / "prefix" / "dual", with and without
 ``threshold=0.9``, after a 64-token random prompt, blocks of 32, one token per step, on a random
-LLaDA (d_model 512, 8 layers) with a NaRA adapter and on the embedded tiny model; tokens/s per
-setting, timed interleaved (nara.benchmarking.timing).
+LLaDA (d_model 512, 8 layers) with a NaRA adapter and on the embedded tiny model; and Dream's
+sampler (the answer as one block) with ``cache`` None / "prefix" after a ``--dream-prompt``-token
+prompt on a random Dream of the same shapes with NaRA; tokens/s per setting, timed interleaved
+(nara.benchmarking.timing).
 
 Drift: along the uncached greedy trajectory of the embedded model on corpus prompts, each step's
 block logits are computed uncached and from each cache (recorded at the block start, refreshed
@@ -30,13 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from nara.adapters import add_adapters
+from nara.adapters import NaRAConfig, add_adapters
 from nara.benchmarking.models import adapter_config, base_model, shared_copy
 from nara.benchmarking.timing import interleaved, machine_info
 from nara.diffusion import generate, local_mask_density, masked_fraction
 from nara.diffusion._model import denoise
 from nara.diffusion.cache import KVCache
-from nara.models import LLaDAModelLM, tiny_config
+from nara.models import DreamModel, LLaDAModelLM, tiny_config, tiny_dream_config
 
 MID = {
     "d_model": 512, "n_heads": 8, "n_kv_heads": 8, "n_layers": 8, "mlp_hidden_size": 1536,
@@ -44,6 +46,7 @@ MID = {
     "pad_token_id": 1022, "max_sequence_length": 512, "rope_theta": 10000.0,
 }  # fmt: skip
 QUICK_MID = {**MID, "d_model": 128, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2}
+DREAM_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # Dream's names of the same targets
 METHODS = ("nara LoRA", "NaRA", "Multi-LoRA", "T-LoRA")
 MODES = (None, "prefix", "dual")
 LAMBDA_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -58,10 +61,12 @@ def tokens_per_second(
     lengths: list[int],
     thresholds: list[float | None],
     reps: int,
-    block: int = 32,
+    block: int | None = 32,
     prompt_len: int = 64,
+    modes: tuple = MODES,
 ) -> list[dict[str, Any]]:
-    """Rows (gen_length, threshold, cache, tokens/s, speed-up over cache None) for one model."""
+    """Rows (gen_length, threshold, cache, tokens/s, speed-up over cache None) for one model;
+    ``block`` None = the model family's sampler with the answer as one block (Dream's)."""
     mask_id = model.config.mask_token_id
     prompt = torch.randint(0, mask_id, (1, prompt_len), generator=torch.Generator().manual_seed(0))
     rows = []
@@ -71,17 +76,17 @@ def tokens_per_second(
                 "mask_token_id": mask_id,
                 "gen_length": gen,
                 "steps": gen,
-                "block_length": min(block, gen),
+                "block_length": None if block is None else min(block, gen),
                 "threshold": threshold,
             }
             calls = {
                 mode: lambda mode=mode, options=options: generate(
                     model, prompt, cache=mode, **options
                 )
-                for mode in MODES
+                for mode in modes
             }
             times = interleaved(calls, warmup=0, reps=reps, device=torch.device("cpu"))
-            for mode in MODES:
+            for mode in modes:
                 rows.append(
                     {
                         "gen_length": gen,
@@ -93,6 +98,28 @@ def tokens_per_second(
                 )
                 print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def dream_model(quick: bool) -> nn.Module:
+    """A random Dream with MID's shapes (QUICK_MID's with ``quick``)."""
+    shape = QUICK_MID if quick else MID
+    return DreamModel(
+        tiny_dream_config(
+            hidden_size=shape["d_model"], num_hidden_layers=shape["n_layers"],
+            num_attention_heads=shape["n_heads"], num_key_value_heads=shape["n_kv_heads"],
+            intermediate_size=shape["mlp_hidden_size"], vocab_size=shape["vocab_size"],
+            mask_token_id=shape["mask_token_id"], eos_token_id=shape["eos_token_id"],
+            pad_token_id=shape["pad_token_id"], bos_token_id=shape["eos_token_id"],
+            max_position_embeddings=1024,
+        )
+    )  # fmt: skip
+
+
+def dream_nara(rank: int) -> NaRAConfig:
+    """The mid model's NaRA adapter, on Dream's module names."""
+    config = adapter_config("NaRA", rank, 0.0)
+    config.target_modules = DREAM_LINEARS
+    return config
 
 
 # ----------------------------------------------------------------------------- drift
@@ -237,7 +264,13 @@ def main() -> int:
     )
     parser.add_argument("--reps", type=int, default=1, help="timed rounds per setting")
     parser.add_argument(
-        "--sizes", nargs="+", default=["mid", "embedded"], choices=("mid", "embedded")
+        "--sizes",
+        nargs="+",
+        default=["mid", "embedded", "dream"],
+        choices=("mid", "embedded", "dream"),
+    )
+    parser.add_argument(
+        "--dream-prompt", type=int, default=256, help="prompt tokens of the Dream speed rows"
     )
     parser.add_argument(
         "--lengths", type=int, nargs="+", help="answer lengths (default 64 128 256)"
@@ -276,6 +309,12 @@ def main() -> int:
             if "embedded" in args.sizes:
                 tiny = base_model("tiny")[0].eval()
                 results["speed_embedded"] = tokens_per_second(tiny, **speed)
+            if "dream" in args.sizes:  # Dream's sampler: one block, prefix cache only
+                dream = add_adapters(dream_model(args.quick), dream_nara(32)).eval()
+                results["speed_dream_nara"] = tokens_per_second(
+                    dream, **{**speed, "thresholds": [None]}, block=None,
+                    prompt_len=args.dream_prompt, modes=(None, "prefix"),
+                )  # fmt: skip
         if args.only in (None, "kl"):
             if args.quick:
                 args.prompts, args.kl_gen, args.kl_block = 2, 16, 8
