@@ -3,7 +3,8 @@
 For LLaDA-8B's shapes every term is computed (the model is built on the meta device, so the
 parameter counts are exact and need no weights); on a scaled random model that fits this machine
 the same terms are also measured, next to the formulas for that model, so the formulas can be
-judged where both exist. Each term names how it was obtained. The formulas (docs/memory.md):
+judged where both exist (tests/test_memory_bench.py checks that they add up to the measured peak).
+Each term names how it was obtained. The formulas (docs/memory.md):
 
 - parameters: frozen base in its dtype (bf16: 2 bytes; 4 bits: NF4 with double quantisation,
   ½ byte plus 1/64 byte of 8-bit absmax plus 4/(64·256) bytes of float32 second-level constants
@@ -11,16 +12,21 @@ judged where both exist. Each term names how it was obtained. The formulas (docs
   adapter tensors in float32 (4 bytes).
 - optimizer: AdamW's two float32 states per trainable parameter (8 bytes) plus its float32
   gradient (4 bytes).
-- activations: saved for backward, in bf16: without gradient checkpointing
-  L · B · T · (10·d + 2·d_kv + 4·m) elements (see :func:`activation_elements`); with it, each
-  block's input (L · B · T · d) plus one block recomputed.
-- logits: the full path keeps the (B, T, V) head output in bf16 and float32 cross-entropy input
-  and log-softmax at the masked positions (expected B·T/2); the masked head keeps one chunk of
-  float32 logits and log-softmax (2 · HEAD_CHUNK_BYTES at most, less for short sequences).
+- activations: the tensors autograd saves for backward, counted as nara's LLaDA block saves them
+  with adapters on q, k, v and attn_out (:func:`saved_activation_bytes`), plus the backward's
+  largest transient: the MLP's gradient temporaries and, with gradient checkpointing, the one
+  block recomputed (:func:`transient_bytes`).
+- logits: the peak of the loss head, in float32: with the masked head one chunk's logits,
+  log-softmax and gradient; with full logits the saved log-softmax at the masked positions, the
+  gradients of the masked logits and the (B, T, V) gradient of the head output.
+
+The logits peak and the blocks' backward transient do not coincide in time (the head's backward
+runs first), so the total is parameters + optimizer + saved activations + the larger of the two.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,6 +40,8 @@ from nara.diffusion.loss import HEAD_CHUNK_BYTES
 from nara.models import LLaDAConfig, LLaDAModelLM, tiny_config
 
 METHODS = {"LoRA": LoRAConfig, "NaRA": NaRAConfig}
+# r-wide tensors each adapted linear saves per token, in units of r (NaRA: also the mixed vector)
+ADAPTER_WIDTH = {"LoRA": 1, "NaRA": 2}
 SEQS = (512, 1024, 2048)
 WEIGHTS = ("bf16", "4bit")
 # NF4 with double quantisation: 4 bits, an 8-bit absmax per 64 weights, and a float32 constant
@@ -94,56 +102,124 @@ def optimizer_bytes(trainable: int) -> int:
     return (2 + 1) * 4 * trainable
 
 
-def activation_elements(config: LLaDAConfig, batch: int, seq: int, checkpointing: bool) -> int:
-    """Elements saved for backward by the blocks.
+def _block_saved(config: LLaDAConfig, method: str, rank: int) -> tuple[int, int]:
+    """Elements one block saves for backward per token: (in the compute dtype, in float32).
 
-    Per token of one LLaDA block: the input and its norm (2d), q (d) and k, v (2·d_kv), rotated
-    q and k (d + d_kv, counted as 2d), the attention output and the out-projection's output (2d),
-    the residual and second norm (2d), the gate, up, SiLU and product (4m): 10d + 2·d_kv + 4m
-    (the adapters' r-wide intermediates are negligible). With checkpointing only each block's
-    input is kept, and one block is recomputed at a time."""
+    Compute dtype: the normed input read by the adapted q, k and v (d); the rotated q and k and
+    v as attention reads them (3d: grouped keys and values are expanded to every head, and
+    n_heads · head_dim = d); the attention output read by the adapted attn_out (d); the
+    adapters' r-wide intermediates (LoRA: r per target; NaRA: 2r per target, the mixed vector
+    too); the gate, its SiLU and the up projection (3m; the frozen down projection saves no
+    input). Float32: the inputs of the two RMS norms (normalised in float32) and their
+    reciprocal RMS (2d + 2), and attention's log-sum-exp (one per head)."""
     d, m = config.d_model, config.mlp_hidden_size
-    d_kv = config.n_kv_heads * config.head_dim
-    block = batch * seq * (10 * d + 2 * d_kv + 4 * m)
+    per_target = ADAPTER_WIDTH[method] * rank
+    return 5 * d + 3 * m + len(TARGETS) * per_target, 2 * d + 2 + config.n_heads
+
+
+def saved_activation_bytes(
+    config: LLaDAConfig,
+    batch: int,
+    seq: int,
+    *,
+    checkpointing: bool,
+    method: str,
+    rank: int,
+    masked_head: bool = True,
+    compute_bytes: int = 2,
+) -> int:
+    """Bytes autograd holds for backward once the forward has run (the model's own tensors,
+    not its parameters): the blocks' saved tensors (:func:`_block_saved`; the first block's
+    first norm saves nothing, its input being the frozen embedding) or, with checkpointing,
+    each block's input; the rotary tables; the final norm's float32 input and reciprocal RMS;
+    with the masked head, the hidden states gathered at the masked positions (t = 0.5: half).
+    The noise-aware adapters' per-sample conditioning (a few thousand numbers per sample) is
+    left out."""
+    d, layers, tokens = config.d_model, config.n_layers, batch * seq
+    in_dtype, in_float32 = _block_saved(config, method, rank)
+    rotary = 2 * 4 * seq * config.head_dim  # cos and sin, float32
+    head = 4 * tokens * (d + 1) + (compute_bytes * batch * (seq // 2) * d if masked_head else 0)
     if checkpointing:
-        return config.n_layers * batch * seq * d + block
-    return config.n_layers * block
+        blocks = compute_bytes * layers * tokens * d
+    else:
+        per_block = tokens * (compute_bytes * in_dtype + 4 * in_float32)
+        blocks = layers * per_block - 4 * tokens * (d + 1)
+    return blocks + rotary + head
 
 
-def logits_bytes(vocab: int, batch: int, seq: int, masked_head: bool) -> int:
-    """Logits memory of the loss (module docstring); half of the positions masked on average."""
+def transient_bytes(
+    config: LLaDAConfig,
+    batch: int,
+    seq: int,
+    *,
+    checkpointing: bool,
+    method: str,
+    rank: int,
+    compute_bytes: int = 2,
+) -> int:
+    """The backward's largest transient through the blocks, on top of what stays saved: the
+    MLP's gradient temporaries (bounded by 3m per token; 2.2-2.8m measured) and, with
+    checkpointing, the saved tensors of the one block being recomputed."""
+    tokens = batch * seq
+    transient = compute_bytes * 3 * config.mlp_hidden_size * tokens
+    if checkpointing:
+        in_dtype, in_float32 = _block_saved(config, method, rank)
+        transient += tokens * (compute_bytes * in_dtype + 4 * in_float32)
+    return transient
+
+
+def logits_bytes(
+    vocab: int, batch: int, seq: int, masked_head: bool, compute_bytes: int = 2
+) -> int:
+    """The loss head's peak (module docstring); half of the positions masked (t = 0.5).
+
+    Masked head: one chunk of P positions (``HEAD_CHUNK_BYTES`` of float32 logits, fewer for a
+    short sequence), whose float32 logits, log-softmax and gradient live together in its
+    recomputed backward: 12·V·P. Full logits: the float32 log-softmax saved at the N masked
+    positions and the gradient of their float32 logits (8·V·N), and the gradient of the whole
+    (B, T, V) head output in the compute dtype."""
     masked = batch * seq // 2
     if masked_head:
         chunk = max(1, HEAD_CHUNK_BYTES // (4 * vocab * batch))  # positions per sample
-        return 2 * 4 * vocab * batch * min(chunk, masked // batch)
-    return 2 * batch * seq * vocab + 2 * 4 * masked * vocab
+        return 3 * 4 * vocab * batch * min(chunk, seq // 2)
+    return 2 * 4 * masked * vocab + compute_bytes * batch * seq * vocab
 
 
 def analytic_terms(
     config: LLaDAConfig,
     split: dict[str, int],
     *,
+    method: str,
+    rank: int,
     batch: int,
     seq: int,
     weights: str,
     checkpointing: bool,
     masked_head: bool = True,
+    compute_bytes: int = 2,
 ) -> dict[str, dict[str, Any]]:
-    """Each term's bytes and how it was computed (all analytic), and their total."""
+    """Each term's bytes and how it was computed (all analytic), and their total.
+    ``compute_bytes``: 2 for a bf16 forward, 4 for float32 (the measured CPU model)."""
+    shape = {"checkpointing": checkpointing, "method": method, "rank": rank}
+    saved = saved_activation_bytes(
+        config, batch, seq, **shape, masked_head=masked_head, compute_bytes=compute_bytes
+    )
+    transient = transient_bytes(config, batch, seq, **shape, compute_bytes=compute_bytes)
+    logits = logits_bytes(config.vocab_size, batch, seq, masked_head, compute_bytes)
+    head = "masked head, one chunk" if masked_head else "full (B, T, V)"
     terms = {
         "parameters": (parameter_bytes(split, weights), "analytic: meta-device counts"),
         "optimizer": (optimizer_bytes(split["trainable"]), "analytic: AdamW 2 states + grad"),
-        "activations": (
-            2 * activation_elements(config, batch, seq, checkpointing),
-            "analytic: bf16 saved tensors",
-        ),
-        "logits": (
-            logits_bytes(config.vocab_size, batch, seq, masked_head),
-            "analytic: " + ("masked head, one chunk" if masked_head else "full (B, T, V)"),
-        ),
+        "activations": (saved + transient, "analytic: saved tensors + backward transient"),
+        "logits": (logits, f"analytic: {head}"),
     }
     out = {k: {"bytes": b, "method": how} for k, (b, how) in terms.items()}
-    out["total"] = {"bytes": sum(b for b, _ in terms.values()), "method": "sum"}
+    total = out["parameters"]["bytes"] + out["optimizer"]["bytes"] + saved
+    out["total"] = {
+        "bytes": total + max(transient, logits),
+        "method": "parameters + optimizer + saved activations + the larger of the blocks' "
+        "backward transient and the logits (they come one after the other)",
+    }
     return out
 
 
@@ -157,13 +233,9 @@ def eight_b_table(rank: int, batch: int = 1) -> list[dict[str, Any]]:
             for checkpointing in (False, True):
                 for weights in WEIGHTS:
                     terms = analytic_terms(
-                        config,
-                        split,
-                        batch=batch,
-                        seq=seq,
-                        weights=weights,
-                        checkpointing=checkpointing,
-                    )
+                        config, split, method=method, rank=rank, batch=batch, seq=seq,
+                        weights=weights, checkpointing=checkpointing,
+                    )  # fmt: skip
                     rows.append(
                         {
                             "method": method,
@@ -176,6 +248,23 @@ def eight_b_table(rank: int, batch: int = 1) -> list[dict[str, Any]]:
     return rows
 
 
+def saved_tensor_bytes(model: torch.nn.Module, forward: Callable[[], Any]) -> tuple[Any, int]:
+    """``forward()``'s result and the bytes of the distinct storages autograd saved for backward
+    during it, the model's parameters excepted (they are counted as parameters)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        result = forward()
+    return result, sum(saved.values())
+
+
 def measured_step(
     config: LLaDAConfig,
     method: str,
@@ -186,8 +275,9 @@ def measured_step(
     checkpointing: bool = False,
 ) -> dict[str, int]:
     """Bytes measured on a float32 random model of ``config``: parameters and AdamW state
-    (tensor sizes) and the peak above them of one forward and backward of the diffusion loss
-    (torch.profiler memory events on CPU, the CUDA allocator's peak on a GPU)."""
+    (tensor sizes), the tensors saved for backward by the forward of the diffusion loss
+    (:func:`saved_tensor_bytes`), and the peak above the parameters of one forward and
+    backward (torch.profiler memory events on CPU, the CUDA allocator's peak on a GPU)."""
     model = adapted_model(config, method, rank, device="cpu").train()
     if checkpointing:
         model.gradient_checkpointing_enable()
@@ -197,48 +287,76 @@ def measured_step(
     ids = torch.randint(0, config.vocab_size - 2, (batch, seq), generator=g)
     maskable = torch.ones_like(ids, dtype=torch.bool)
 
-    def step() -> None:
-        out = diffusion_loss(
+    def forward() -> Any:
+        return diffusion_loss(
             model, ids, maskable, config.mask_token_id, t=torch.full((batch,), 0.5),
             generator=torch.Generator().manual_seed(1), masked_head=masked_head,
         )  # fmt: skip
-        out.loss.backward()
 
-    step()
+    out, saved = saved_tensor_bytes(model, forward)
+    out.loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     state = sum(t.nbytes for s in optimizer.state.values() for t in s.values() if t.dim() > 0)
     return {
         "parameters": sum(p.nbytes for p in model.parameters()),
         "optimizer": state + sum(4 * p.numel() for p in trainable),  # states + gradients
-        "step_peak": peak_memory(step, torch.device("cpu")),
+        "saved": saved,
+        "step_peak": peak_memory(lambda: forward().loss.backward(), torch.device("cpu")),
+    }
+
+
+def analytic_step(
+    config: LLaDAConfig,
+    method: str,
+    rank: int,
+    batch: int,
+    seq: int,
+    masked_head: bool,
+    checkpointing: bool = False,
+) -> dict[str, int]:
+    """What :func:`measured_step` measures, from the formulas for a float32 model: the step's
+    peak above the parameters is the saved activations, the larger of the blocks' backward
+    transient and the logits, and the float32 gradients."""
+    split = parameter_split(adapted_model(config, method, rank))
+    terms = analytic_terms(
+        config, split, method=method, rank=rank, batch=batch, seq=seq, weights="bf16",
+        checkpointing=checkpointing, masked_head=masked_head, compute_bytes=4,
+    )  # fmt: skip
+    shape = {"checkpointing": checkpointing, "method": method, "rank": rank}
+    saved = saved_activation_bytes(
+        config, batch, seq, **shape, masked_head=masked_head, compute_bytes=4
+    )
+    # the full path also keeps the float32 log-softmax at the masked positions until backward
+    log_softmax = 0 if masked_head else 4 * (batch * seq // 2) * config.vocab_size
+    base = terms["parameters"]["bytes"] + terms["optimizer"]["bytes"]
+    return {
+        "parameters": 4 * sum(split.values()),
+        "optimizer": terms["optimizer"]["bytes"],
+        "saved": saved + log_softmax,
+        "step_peak": terms["total"]["bytes"] - base + 4 * split["trainable"],
     }
 
 
 def memory_suite(size: str, options: BenchOptions) -> dict[str, Any]:
-    """Section "memory": LLaDA-8B analytic (size ``8b``), or measured on the scaled model."""
+    """Section "memory": LLaDA-8B analytic (size ``8b``), or measured on the scaled model next
+    to the same formulas for it."""
     if size == "8b":
         return {"batch": 1, "rank": options.rank, "rows": eight_b_table(options.rank)}
     config = scaled_config(options.quick)
     rows = []
     for method in METHODS:
-        split = parameter_split(adapted_model(config, method, options.rank))
         for masked_head, checkpointing in MEASURED_SETTINGS:
-            got = measured_step(
-                config, method, options.rank, options.batch, options.seq, masked_head,
-                checkpointing,
-            )  # fmt: skip
-            terms = analytic_terms(
-                config, split, batch=options.batch, seq=options.seq, weights="bf16",
-                checkpointing=checkpointing, masked_head=masked_head,
-            )  # fmt: skip
+            args = (config, method, options.rank, options.batch, options.seq, masked_head)
+            got = measured_step(*args, checkpointing)
+            formula = analytic_step(*args, checkpointing)
             rows.append(
                 {
                     "method": method,
                     "masked_head": masked_head,
                     "checkpointing": checkpointing,
                     "measured_mb": {k: round(v / 2**20, 1) for k, v in got.items()},
-                    "analytic_bf16_mb": {k: round(v["bytes"] / 2**20, 1) for k, v in terms.items()},
+                    "analytic_mb": {k: round(v / 2**20, 1) for k, v in formula.items()},
                 }
             )
     return {
@@ -246,7 +364,8 @@ def memory_suite(size: str, options: BenchOptions) -> dict[str, Any]:
         "batch": options.batch,
         "seq": options.seq,
         "rank": options.rank,
-        "measured": "float32 weights on CPU; step_peak = activations + logits + gradients",
+        "measured": "float32 on CPU; saved: tensors autograd keeps for backward; step peak: "
+        "above the parameters, = activations + logits + gradients",
         "rows": rows,
     }
 
@@ -275,17 +394,16 @@ def memory_table(section: dict[str, Any]) -> str:
         lines += [
             "",
             f"### Measured on a scaled random LLaDA ({r['shape']}, batch {r['batch']}, seq "
-            f"{r['seq']}; {r['measured']}; MB)",
+            f"{r['seq']}; {r['measured']}; MB, measured / formula)",
             "",
-            "| method | loss head | checkpointing | parameters | optimizer | step peak "
-            "| analytic bf16 total |",
+            "| method | loss head | checkpointing | parameters | optimizer | saved | step peak |",
             "|---|---|---|---|---|---|---|",
         ]
         for row in r["rows"]:
-            got = row["measured_mb"]
+            got, formula = row["measured_mb"], row["analytic_mb"]
             head = "masked, chunked" if row["masked_head"] else "full logits"
             cells = [row["method"], head, "on" if row["checkpointing"] else "off"]
-            cells += [got["parameters"], got["optimizer"], got["step_peak"]]
-            cells.append(row["analytic_bf16_mb"]["total"])
+            keys = ("parameters", "optimizer", "saved", "step_peak")
+            cells += [f"{got[k]} / {formula[k]}" for k in keys]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
