@@ -9,6 +9,8 @@ import math
 
 import pytest
 import torch
+from rl_support import loaded, recipe
+from safetensors.torch import load_file
 
 from nara import LoRAConfig, NaRAConfig, add_adapters, noise_level
 from nara.adapters.inject import adapter_layers, adapter_parameters
@@ -17,8 +19,10 @@ from nara.diffusion import log_likelihood
 from nara.diffusion.masking import local_mask_density
 from nara.models import LLaDAModelLM, tiny_config
 from nara.rl import adapters_disabled
+from nara.rl.config import load_rl_recipe
 from nara.rl.preference import (
     PreferencePair,
+    VRPOTrainer,
     dpo_loss,
     elbo_estimates,
     encode_preferences,
@@ -26,6 +30,11 @@ from nara.rl.preference import (
     parse_preferences,
     vrpo_loss,
 )
+from nara.rl.trainer import train_rl
+from nara.training import checkpoint as ckpt
+from nara.training.config import ConfigError
+from nara.training.metrics import read_metrics
+from nara.training.trainer import noise_seed
 
 MASK = 127
 CONFIGS = [LoRAConfig(r=4), NaRAConfig(r=4)]
@@ -282,3 +291,113 @@ def test_bad_arguments_name_the_value_and_the_fix() -> None:
     with pytest.raises(ValueError, match="contains mask_token_id"):
         vrpo_loss(model, [[1]], [[MASK]], [[3]], mask_token_id=MASK)
     assert isinstance(PreferencePair("p", "c", "r").meta, dict)
+
+
+def _vrpo_recipe(folder, *extra: str):
+    """vrpo with LoRA r=4 on 8 pairs "a+b=" → right sum / sum + 1: 2 pairs per update, 4
+    updates, a checkpoint every 2."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)}
+        for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (0, 3), (4, 4), (6, 2), (1, 1)]
+    ]
+    data = folder / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    overrides = [f"data.source={data}", "rl.algorithm=vrpo", "rl.inner_iterations=1"]
+    return recipe(folder, *overrides, "rl.beta=0.5", "rl.elbo_samples=4", *extra)
+
+
+def test_trainer_loss_is_vrpo_loss_on_its_pairs(tmp_path) -> None:
+    trainer = VRPOTrainer(_vrpo_recipe(tmp_path), loaded=loaded(0), show_progress=False)
+    try:
+        with torch.no_grad():  # a non-zero adapter, so the loss is not log 2
+            for name, p in trainer.model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, 0.3)
+        batch = trainer.rollout()
+        assert len(batch.pairs) == 2 and batch.pairs[0].chosen_ids[-1] == 126  # EOS
+        seen = []
+        trainer.accelerator.backward = lambda loss: seen.append(loss.detach())
+        trainer._optimizer_step = lambda: None  # keep the weights: compare with them below
+        trainer._after_update = lambda: None
+        trainer._update_on(batch)
+        want = vrpo_loss(
+            trainer.model,
+            [p.prompt_ids for p in batch.pairs],
+            [p.chosen_ids for p in batch.pairs],
+            [p.rejected_ids for p in batch.pairs],
+            mask_token_id=MASK,
+            beta=0.5,
+            n_samples=4,
+            seed=noise_seed(batch.seed, 0),
+        )
+    finally:
+        trainer.close()
+    assert len(seen) == 1 and seen[0].item() == pytest.approx(want.loss.item(), rel=1e-9)
+    assert want.loss.item() != pytest.approx(math.log(2))
+
+
+@pytest.mark.parametrize("method", ["lora", "nara"])
+def test_nara_rl_vrpo_trains_and_logs_margins(tmp_path, method) -> None:
+    extra = ["adapter.hidden_sizes=[8]"] if method == "nara" else []
+    config = _vrpo_recipe(tmp_path, f"adapter.method={method}", "rl.micro_batch_size=4", *extra)
+    result = train_rl(config, loaded=loaded(0), show_progress=False)
+    assert result.steps == 4 and (tmp_path / "run" / "final" / "adapter_config.json").is_file()
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    margins = [r for r in records if "margin" in r]
+    assert [r["step"] for r in margins] == [1, 2, 3, 4]
+    assert margins[0]["margin"] == 0.0  # the zero-initialised adapter is the reference
+    assert all({"accuracy", "chosen_reward", "rejected_reward"} <= r.keys() for r in margins)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_and_resumed_vrpo_run_ends_with_the_uninterrupted_weights(tmp_path, monkeypatch):
+    extra = ("adapter.method=nara", "adapter.hidden_sizes=[8]", "adapter.dropout=0.1")
+    train_rl(_vrpo_recipe(tmp_path / "full", *extra), loaded=loaded(0), show_progress=False)
+    original = VRPOTrainer._after_update
+
+    def dying(self):
+        original(self)
+        if self.state.step == 3:
+            raise Killed
+
+    monkeypatch.setattr(VRPOTrainer, "_after_update", dying)
+    with pytest.raises(Killed):
+        train_rl(_vrpo_recipe(tmp_path / "broken", *extra), loaded=loaded(0), show_progress=False)
+    monkeypatch.undo()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "broken" / "run")] == ["step_0000002"]
+    again = _vrpo_recipe(tmp_path / "broken", *extra, "training.resume=latest")
+    train_rl(again, loaded=loaded(0), show_progress=False)
+    a = load_file(tmp_path / "full" / "run" / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "broken" / "run" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("rl.beta=0", "rl.beta = 0.0 is invalid"),
+        ("rl.inner_iterations=2", "1 with rl.algorithm=vrpo"),
+        ("rl.clip_eps=0.1", "rl.clip_eps does not apply to rl.algorithm=vrpo"),
+        ("rl.elbo_samples=0", "rl.elbo_samples = 0 is invalid"),
+    ],
+)
+def test_bad_vrpo_recipe_keys_are_clear_errors(tmp_path, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        _vrpo_recipe(tmp_path, override)
+    with pytest.raises(ConfigError, match="rl.elbo_samples does not apply to rl.algorithm=wd1"):
+        load_rl_recipe(None, ["rl.algorithm=wd1", "rl.elbo_samples=4", "training.max_steps=2"])
+
+
+def test_a_malformed_preference_file_fails_before_the_model_loads(tmp_path) -> None:
+    config = _vrpo_recipe(tmp_path)
+    (tmp_path / "prefs.jsonl").write_text('{"prompt": "1+1=", "chosen": "2"}\n')
+    with pytest.raises(RecordFormatError, match=r"line 1\): missing field 'rejected'"):
+        train_rl(config, loaded=None, show_progress=False)
+    assert not (tmp_path / "run").exists()

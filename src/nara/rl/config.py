@@ -32,7 +32,13 @@ from nara.training.config import (
 )
 
 SECTIONS = ("model", "adapter", "data", "rl", "rewards", "training")
-ALGORITHMS = ("diffu_grpo", "wd1")
+ALGORITHMS = ("diffu_grpo", "wd1", "vrpo")
+# the rl keys that only one algorithm reads: a recipe of another algorithm may not set them
+ALGORITHM_KEYS = {
+    "diffu_grpo": ("beta", "clip_eps"),
+    "wd1": ("wd1_temperature",),
+    "vrpo": ("beta", "elbo_samples"),
+}
 # training keys of nara train that have no meaning here: refused when a recipe sets them
 SFT_ONLY = {
     "normalization": "the RL losses average over each completion's tokens",
@@ -120,8 +126,9 @@ class RLSection(Section):
     NAME = "rl"
     algorithm: str = option(
         "diffu_grpo",
-        "diffu_grpo (clipped ratios + KL to the adapter-free base) or wd1 (ratio-free "
-        "weighted log-likelihood).",
+        "diffu_grpo (clipped ratios + KL to the adapter-free base), wd1 (ratio-free "
+        "weighted log-likelihood) or vrpo (DPO on ELBO estimates of a {prompt, chosen, "
+        "rejected} file; docs/preference.md).",
         ALGORITHMS,
     )
     group_size: int = option(6, "Completions sampled per prompt (G); advantages are per group.")
@@ -131,7 +138,12 @@ class RLSection(Section):
     prompt_mask_prob: float = option(
         0.15, "Probability p of masking each prompt token in the one-step log-prob estimate."
     )
-    beta: float = option(0.04, "KL coefficient (diffu_grpo); 0 skips the reference pass.")
+    beta: float = option(
+        0.04, "KL coefficient (diffu_grpo; 0 skips the reference pass), or DPO's β (vrpo, > 0)."
+    )
+    elbo_samples: int = option(
+        8, "Monte-Carlo ELBO samples per answer (vrpo): that many timesteps, one mask each."
+    )
     clip_eps: float = option(0.2, "Ratio clipping ε (diffu_grpo).")
     wd1_temperature: float = option(1.0, "Temperature of wd1's group softmax weights (wd1).")
     micro_batch_size: int | None = option(
@@ -166,6 +178,14 @@ class RLSection(Section):
         self._check("inner_iterations", self.inner_iterations >= 1, ">= 1")
         self._check("prompt_mask_prob", 0.0 <= self.prompt_mask_prob < 1.0, "in [0, 1)")
         self._check("beta", self.beta >= 0, ">= 0")
+        self._check("elbo_samples", self.elbo_samples >= 1, ">= 1")
+        if self.algorithm == "vrpo":
+            self._check("beta", self.beta > 0, "> 0 with rl.algorithm=vrpo (DPO's β)")
+            self._check(
+                "inner_iterations",
+                self.inner_iterations == 1,
+                "1 with rl.algorithm=vrpo (every update takes new pairs)",
+            )
         self._check("clip_eps", self.clip_eps > 0, "> 0")
         self._check("wd1_temperature", self.wd1_temperature > 0, "> 0")
         self._check(
@@ -190,10 +210,11 @@ class RLSection(Section):
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RLSection:
-        """As :meth:`Section.from_dict`; a key of the other algorithm is refused."""
+        """As :meth:`Section.from_dict`; a key of another algorithm is refused."""
         section = super().from_dict(raw)
-        other = ("wd1_temperature",) if section.algorithm == "diffu_grpo" else ("beta", "clip_eps")
-        given = [k for k in other if k in (raw or {})]
+        own = ALGORITHM_KEYS[section.algorithm]
+        other = {k for keys in ALGORITHM_KEYS.values() for k in keys if k not in own}
+        given = sorted(k for k in other if k in (raw or {}))
         if given:
             raise ConfigError(
                 f"rl.{given[0]} does not apply to rl.algorithm={section.algorithm}; remove it "

@@ -15,6 +15,7 @@ The reference is the base model with the adapters switched off
 (:func:`nara.rl.adapters_disabled`), so no second copy of the weights is kept.
 
 Data: one ``{prompt, chosen, rejected}`` object per record, read by :func:`load_preferences`.
+Training: ``nara rl`` with ``rl.algorithm=vrpo`` runs :class:`VRPOTrainer`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from nara.data.collate import encode_pair
 from nara.data.records import RecordFormatError, _read_raw
 from nara.diffusion.likelihood import TokenIds, checked_pairs, elbo_samples_mean
 from nara.rl.estimators import adapters_disabled
+from nara.rl.trainer import RLTrainer
+from nara.training.trainer import noise_seed
 
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -237,3 +240,66 @@ def vrpo_loss(
     policy = elbo_estimates(model, prompts, answers, n_samples, **kwargs)
     n = len(prompt_ids)
     return dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta)
+
+
+@dataclass
+class PreferenceBatch:
+    """The pairs of one update (this process's share) and the seed of their ELBO draws."""
+
+    pairs: list[EncodedPreference]
+    seed: int
+
+
+class VRPOTrainer(RLTrainer):
+    """``nara rl`` with ``rl.algorithm=vrpo``: every update takes the next
+    ``training.batch_size`` pairs (per process) of ``data.source``, a file of
+    ``{prompt, chosen, rejected}`` records, and minimises :func:`vrpo_loss` with
+    ``rl.beta`` and ``rl.elbo_samples``, accumulated over chunks of ``rl.micro_batch_size``
+    pairs. Nothing is sampled and no reward is computed. The pair order ((seed, epoch)
+    permutations) and the ELBO draws (seeded by (seed, update, chunk)) depend only on the
+    recipe, so resume is exact as for the other algorithms."""
+
+    def _setup_data(self) -> None:
+        self.task, self.rewards = None, None
+        self.records = load_preferences(self.config.data.source)[: self.config.data.max_examples]
+
+    def rollout(self) -> PreferenceBatch:
+        """The next update's pairs, tokenized as supervised fine-tuning does."""
+        acc = self.accelerator
+        index = self.state.micro_batches * acc.num_processes + acc.process_index
+        self.state.micro_batches += 1
+        pairs = encode_preferences(
+            self.tokenizer, self._prompts(index), chat_template=self.config.data.chat_template
+        )
+        return PreferenceBatch(pairs, noise_seed(self.cfg.seed, index, salt=1))
+
+    def _update_on(self, batch: PreferenceBatch) -> None:
+        """One optimizer update on the batch, then its metrics record."""
+        n = len(batch.pairs)
+        total = torch.zeros((), device=self.accelerator.device)
+        sums = dict.fromkeys(("margin", "accuracy", "chosen_reward", "rejected_reward"), 0.0)
+        for c, rows in enumerate(self._chunks(n)):
+            part = batch.pairs[rows]
+            with self.accelerator.autocast():
+                out = vrpo_loss(
+                    self.model,
+                    [p.prompt_ids for p in part],
+                    [p.chosen_ids for p in part],
+                    [p.rejected_ids for p in part],
+                    mask_token_id=self.mask_token_id,
+                    beta=self.rl.beta,
+                    n_samples=self.rl.elbo_samples,
+                    seed=noise_seed(batch.seed, c),
+                )
+            weight = len(part) / n  # the loss is a mean over pairs
+            self.accelerator.backward(out.loss * weight)
+            total += out.loss.detach().float() * weight
+            for key in sums:
+                sums[key] += getattr(out, key).item() * weight
+        self._optimizer_step()
+        tokens = sum(
+            len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in batch.pairs
+        )
+        self.log.add_micro(total, torch.ones(1), torch.tensor([tokens]))
+        self._record_means({k: torch.tensor(v) for k, v in sums.items()})
+        self._after_update()

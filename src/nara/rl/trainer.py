@@ -110,8 +110,7 @@ class RLTrainer(Trainer):
         self._lock: Any = None
         self.val_loader = None  # no validation loss: evaluate the adapter with nara eval
         # data, rewards and the starting adapter are checked before a model loads
-        self.task, self.records = load_prompts(config.data, config.rewards.scorer)
-        self.rewards = build_rewards(config.rewards, self.task)
+        self._setup_data()
         self.init_meta = _init_adapter(config)
         self._setup_accelerator()
         try:
@@ -131,6 +130,11 @@ class RLTrainer(Trainer):
             raise
 
     # ------------------------------------------------------------------ setup
+
+    def _setup_data(self) -> None:
+        """The prompts (``self.records``) and the reward function."""
+        self.task, self.records = load_prompts(self.config.data, self.config.rewards.scorer)
+        self.rewards = build_rewards(self.config.rewards, self.task)
 
     def _run_fields(self) -> dict[str, Any]:
         """Recipe fields that decide the result, the starting adapter's and data file's hashes."""
@@ -353,12 +357,16 @@ class RLTrainer(Trainer):
     def _record_rollout(self, rollout: Rollout, stats: dict[str, float]) -> None:
         """A metrics record of the rollout: mean rewards (all processes), completion length and,
         for diffu_grpo, the mean KL and clip fraction over its updates."""
-        acc = self.accelerator
         values = {"reward": rollout.rewards.float().mean()}
         values.update({f"reward_{k}": v.float().mean() for k, v in rollout.parts.items()})
         values["completion_length"] = rollout.completion_mask.float().sum(-1).mean()
         if self.rl.algorithm == "diffu_grpo":
             values.update({k: torch.tensor(v) for k, v in stats.items()})
+        self._record_means(values)
+
+    def _record_means(self, values: dict[str, torch.Tensor]) -> None:
+        """One metrics record of ``values`` averaged over the processes."""
+        acc = self.accelerator
         names = list(values)
         local = torch.stack([values[k].to(acc.device, torch.float64) for k in names])
         mean = acc.reduce(local, reduction="mean")
@@ -399,5 +407,11 @@ def _init_adapter(config: RLConfig) -> dict[str, Any] | None:
 
 
 def train_rl(config: RLConfig, *, loaded: Any = None, show_progress: bool = True) -> TrainResult:
-    """Run an RL recipe end to end (see :class:`RLTrainer`)."""
-    return RLTrainer(config, loaded=loaded, show_progress=show_progress).train()
+    """Run an RL recipe end to end (see :class:`RLTrainer`; ``rl.algorithm=vrpo``:
+    :class:`nara.rl.preference.VRPOTrainer`)."""
+    trainer_class = RLTrainer
+    if config.rl.algorithm == "vrpo":
+        from nara.rl.preference import VRPOTrainer
+
+        trainer_class = VRPOTrainer
+    return trainer_class(config, loaded=loaded, show_progress=show_progress).train()
