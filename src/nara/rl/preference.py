@@ -151,7 +151,7 @@ def elbo_estimates(
     """
     for name, value in (("n_samples", n_samples), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}; VRPO uses n_samples=8")
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     single, pairs = checked_pairs(model, prompt_ids, answer_ids, mask_token_id)
     if single:
         raise ValueError("pass sequences of prompts and answers (a batch), e.g. [prompt], [answer]")
