@@ -227,3 +227,24 @@ def test_nara_train_on_a_4bit_base_from_the_command_line(tiny_model_dir, arith_f
         tensors = {key: saved.get_tensor(key) for key in saved.keys()}  # noqa: SIM118
     assert any(".q_proj." in key for key in tensors) and any("nara_hub" in key for key in tensors)
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_quantize_linears_in_memory_equals_the_4bit_load(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = LLaDAModelLM(tiny_config(d_model=128, n_heads=4, n_kv_heads=4, mlp_hidden_size=256))
+    model.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path, load_in_4bit=True).model
+    quantised = quantize.quantize_linears(model.to(torch.bfloat16)).eval()
+    # compared before any forward: on the CPU the first inference forward repacks the codes
+    mine, theirs = dict(quantised.named_parameters()), dict(loaded.named_parameters())
+    assert mine.keys() == theirs.keys()
+    assert all(mine[k].dtype == theirs[k].dtype and torch.equal(mine[k], theirs[k]) for k in mine)
+    for name, module in loaded.named_modules():
+        if hasattr(getattr(module, "weight", None), "quant_state"):
+            ours = quantised.get_submodule(name).weight.quant_state
+            assert torch.equal(ours.absmax, module.weight.quant_state.absmax)
+            assert torch.equal(ours.state2.absmax, module.weight.quant_state.state2.absmax)
+    assert quantised.model.transformer["ff_out"].weight.dtype == torch.bfloat16  # head kept
+    ids = torch.randint(0, 120, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(quantised(ids).logits, loaded(ids).logits)

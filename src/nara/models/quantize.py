@@ -94,3 +94,44 @@ def quantization_config(load_in_4bit: bool = False, load_in_8bit: bool = False) 
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
+
+
+def quantize_linears(model: torch.nn.Module, device: str | torch.device | None = None) -> Any:
+    """Quantise ``model``'s linears in place to NF4 as ``load_in_4bit`` does at load time (double
+    quantisation, bfloat16 compute; the output head is kept), for a model already in memory,
+    such as a random-weight benchmark model too large to save and reload.
+
+    The model should be in bfloat16; the quantised layers are placed on ``device`` (default: its
+    current device), where bitsandbytes packs them. Returns the model.
+
+    Raises:
+        ImportError: see :func:`require_bitsandbytes`.
+    """
+    require_bitsandbytes("load_in_4bit")
+    import bitsandbytes as bnb
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for name, module in list(model.named_modules()):
+        if type(module) is not torch.nn.Linear or module is head:
+            continue
+        where = device if device is not None else module.weight.device
+        layer = bnb.nn.Linear4bit(
+            module.in_features,
+            module.out_features,
+            bias=module.bias is not None,
+            compute_dtype=torch.bfloat16,
+            compress_statistics=True,
+            quant_type="nf4",
+            device="meta",
+        )
+        layer.weight = bnb.nn.Params4bit(
+            module.weight.data,  # packed to 4 bits when moved to its device below
+            requires_grad=False,
+            compress_statistics=True,
+            quant_type="nf4",
+        )
+        if module.bias is not None:
+            layer.bias = torch.nn.Parameter(module.bias.data, requires_grad=False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, layer.to(where))
+    return model
