@@ -175,3 +175,20 @@ def test_sst2_through_the_hub_path(monkeypatch, tmp_path):
     _write_sst2(tmp_path / "sst2" / "validation.csv")
     assert [(r.prompt, r.answer) for r in load_task(resolve("sst2")[0])] == expected
     assert len(calls) == 2
+
+
+def test_classification_grid_trains_every_method_on_one_budget():
+    from nara.experiments.grid import load_grid
+
+    grid = load_grid(Path(__file__).parents[2] / "configs" / "experiments" / "classification.yaml")
+    assert {spec["method"] for spec in grid.methods.values()} == {
+        "base", "lora", "dora", "hira", "multi_lora", "t_lora", "nara_c", "nara", "trajectory",
+        "prompt_tuning", "foura", "bottleneck", "prefix_tuning", "bitfit", "ia3",
+    }  # fmt: skip
+    assert grid.tasks["sentiment"]["eval"] == "embedded:sentiment" and grid.seeds == [0, 1, 2]
+    budgets = {
+        (r.recipe["training"]["max_steps"], r.recipe["training"]["batch_size"], r.recipe["training"]["lr"])
+        for r in grid.runs()
+        if r.recipe is not None
+    }  # fmt: skip
+    assert len(budgets) == 1
