@@ -401,3 +401,27 @@ def test_a_malformed_preference_file_fails_before_the_model_loads(tmp_path) -> N
     with pytest.raises(RecordFormatError, match=r"line 1\): missing field 'rejected'"):
         train_rl(config, loaded=None, show_progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_shipped_vrpo_recipe_and_pair_script(tmp_path) -> None:
+    import importlib.util
+    import random
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    config = load_rl_recipe(root / "configs/rl/embedded_arithmetic_vrpo.yaml")
+    assert (config.rl.algorithm, config.rl.beta, config.rl.elbo_samples) == ("vrpo", 0.1, 8)
+    spec = importlib.util.spec_from_file_location("mp", root / "scripts/make_preferences.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rng = random.Random(0)
+    for _ in range(20):
+        wrong = script.wrong_answer("The answer is 2.", rng)
+        number = int(wrong.removeprefix("The answer is ").removesuffix("."))
+        assert number >= 0 and 1 <= abs(number - 2) <= 3
+    with pytest.raises(ValueError, match="no number to change"):
+        script.wrong_answer("true", rng)
+    out = tmp_path / "p.jsonl"
+    script.main(["--out", str(out)])
+    pairs = load_preferences(out)
+    assert len(pairs) > 100 and all(p.chosen != p.rejected for p in pairs)
