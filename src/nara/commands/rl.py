@@ -1,4 +1,4 @@
-"""Reinforcement learning of an adapter (diffu-GRPO, wd1) from a YAML recipe plus overrides.
+"""Reinforcement learning of an adapter (diffu-GRPO, wd1, VRPO) from a YAML recipe plus overrides.
 
 CONFIG is an RL recipe file or a recipe name under configs/ (rl/embedded_arithmetic_grpo,
 llada8b/gsm8k_diffu_grpo). Each rollout samples rl.group_size completions of
@@ -6,7 +6,9 @@ training.batch_size prompts with nara's sampler, scores them with the recipe's r
 (correctness by nara eval's scorers, code tests in the sandbox, a format pattern, your own
 module:function) and makes rl.inner_iterations updates on them. adapter.init_from=DIR starts
 from a trained adapter (an SFT run's final/). Checkpoints, exact resume (training.resume=latest),
-metrics.jsonl (rewards per rollout) and the adapter folders work as in nara train. See docs/rl.md.
+metrics.jsonl (rewards per rollout) and the adapter folders work as in nara train.
+rl.algorithm=vrpo trains on a file of {prompt, chosen, rejected} pairs instead (DPO on ELBO
+estimates; no sampling, no rewards). See docs/rl.md.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ EXAMPLES = """examples:
   nara rl rl/embedded_arithmetic_grpo
   nara rl rl/embedded_arithmetic_grpo adapter.init_from=runs/demo/nara/final
   nara rl rl/embedded_arithmetic_wd1 adapter.method=lora output_dir=runs/rl/lora
+  nara rl rl/embedded_arithmetic_vrpo          # DPO on {prompt, chosen, rejected} pairs (VRPO)
   nara rl llada8b/gsm8k_diffu_grpo model.name=/path/to/LLaDA-8B-Instruct
   nara rl rl/embedded_arithmetic_grpo training.resume=latest      # continue a killed run
   nara rl rl/embedded_arithmetic_grpo --print-config              # validated recipe, no run
