@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import nara
 from nara.adapters.inject import adapter_layers, adapter_parameters
 from nara.integrations.diffusers import (
     ATTENTION_TARGETS,
+    LORA_WEIGHT_NAME,
     add_diffusers_adapters,
     denoising_loss,
     diffusers_targets,
@@ -214,43 +216,81 @@ def test_sampling_loop_runs_end_to_end():
     torch.testing.assert_close(torch.cat(seen), sched.timesteps.float() / 1000)
 
 
-def tiny_pipeline(unet: torch.nn.Module, folder) -> object:
-    """A StableDiffusionPipeline of tiny random parts (a CLIP tokenizer on letters)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def clip_tokenizer(folder):
+    """A CLIP tokenizer on single letters, written to ``folder``."""
+    from transformers import CLIPTokenizer
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in "abcdefghijklmnopqrstuvwxyz":
         vocab[c] = len(vocab)
         vocab[c + "</w>"] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     files = [str(folder / "vocab.json"), str(folder / "merges.txt")]
-    tokenizer = CLIPTokenizer(*files, model_max_length=16)
-    torch.manual_seed(5)
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=D,
-            intermediate_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
+    return CLIPTokenizer(*files, model_max_length=16)
+
+
+def clip_text(seed: int, projection_dim: int | None = None) -> torch.nn.Module:
+    """A one-layer CLIP text encoder of width D (with a text projection if ``projection_dim``)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=2 + 2 * 26,
+        hidden_size=D,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        projection_dim=projection_dim or D,
     )
-    vae = diffusers.AutoencoderKL(
+    torch.manual_seed(seed)
+    return CLIPTextModelWithProjection(config) if projection_dim else CLIPTextModel(config)
+
+
+def t5_text(seed: int, width: int) -> tuple[object, torch.nn.Module]:
+    """A T5 tokenizer on letters and a one-layer T5 encoder of ``width``."""
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(c, -1.0) for c in "▁abcdefghijklmnopqrstuvwxyz"]
+    tokenizer = T5TokenizerFast(vocab=vocab, extra_ids=0)
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(vocab),
+        d_model=width,
+        d_kv=4,
+        d_ff=16,
+        num_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=4,
+    )
+    return tokenizer, T5EncoderModel(config)
+
+
+def tiny_vae(shift: float | None = None) -> torch.nn.Module:
+    """A one-block VAE with C latent channels (SD3/Flux VAEs have a shift factor)."""
+    torch.manual_seed(6)
+    return diffusers.AutoencoderKL(
         block_out_channels=(8,),
         down_block_types=("DownEncoderBlock2D",),
         up_block_types=("UpDecoderBlock2D",),
         latent_channels=C,
         norm_num_groups=4,
+        shift_factor=shift,
+        scaling_factor=1.5 if shift is not None else 0.18215,
     )
+
+
+def tiny_pipeline(unet: torch.nn.Module, folder) -> object:
+    """A StableDiffusionPipeline of tiny random parts (a CLIP tokenizer on letters)."""
     pipe = diffusers.StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=tokenizer,
+        vae=tiny_vae(),
+        text_encoder=clip_text(5),
+        tokenizer=clip_tokenizer(folder),
         unet=unet,
         scheduler=diffusers.DDIMScheduler(clip_sample=False, steps_offset=1),
         safety_checker=None,
@@ -492,3 +532,283 @@ def test_dreambooth_help_and_errors_before_loading(tmp_path, capsys):
     assert "broken.png is not a readable image" in capsys.readouterr().err
     assert main([*base, "--instance_data_dir", str(tmp_path), "--with_prior_preservation"]) == 2
     assert "needs --class_data_dir and --class_prompt" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- SDXL, SD3 and Flux
+
+P = 4  # CLIP text projection width of the SD3 encoders (pooled: 2P)
+
+
+def tiny_sdxl_unet() -> torch.nn.Module:
+    """SDXL's UNet: cross-attention on both encoders' states (2D), pooled text + size ids."""
+    torch.manual_seed(0)
+    return diffusers.UNet2DConditionModel(
+        sample_size=S,
+        in_channels=C,
+        out_channels=C,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=2 * D,
+        attention_head_dim=2,
+        norm_num_groups=4,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=4,
+        projection_class_embeddings_input_dim=6 * 4 + D,
+    ).eval()
+
+
+def tiny_sd3_transformer() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return diffusers.SD3Transformer2DModel(
+        sample_size=S,
+        patch_size=2,
+        in_channels=C,
+        num_layers=1,
+        attention_head_dim=4,
+        num_attention_heads=2,
+        joint_attention_dim=2 * D,  # the two CLIP encoders' states, concatenated
+        caption_projection_dim=8,
+        pooled_projection_dim=2 * P,
+        out_channels=C,
+        pos_embed_max_size=S,
+    ).eval()
+
+
+def tiny_flux_transformer() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return diffusers.FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * C,  # packed 2×2 latent patches
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=4,
+        num_attention_heads=2,
+        joint_attention_dim=2 * D,  # the T5 encoder's width
+        pooled_projection_dim=D,  # CLIP's pooled output
+        axes_dims_rope=(0, 2, 2),
+        guidance_embeds=True,
+    ).eval()
+
+
+def build_pipeline(kind: str, model: torch.nn.Module, folder) -> object:
+    """A tiny SDXL, SD3 or Flux pipeline around ``model`` (its encoders and VAE random)."""
+    tok = clip_tokenizer(folder / "tok")
+    if kind == "sdxl":
+        pipe = diffusers.StableDiffusionXLPipeline(
+            vae=tiny_vae(),
+            text_encoder=clip_text(5),
+            text_encoder_2=clip_text(7, projection_dim=D),
+            tokenizer=tok,
+            tokenizer_2=tok,
+            unet=model,
+            scheduler=diffusers.EulerDiscreteScheduler(),
+            add_watermarker=False,
+        )
+    elif kind == "sd3":
+        t5_tok, t5 = t5_text(8, 2 * D)
+        pipe = diffusers.StableDiffusion3Pipeline(
+            transformer=model,
+            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=tiny_vae(shift=0.1),
+            text_encoder=clip_text(5, projection_dim=P),
+            tokenizer=tok,
+            text_encoder_2=clip_text(7, projection_dim=P),
+            tokenizer_2=tok,
+            text_encoder_3=t5,
+            tokenizer_3=t5_tok,
+        )
+    else:
+        t5_tok, t5 = t5_text(8, 2 * D)
+        pipe = diffusers.FluxPipeline(
+            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=tiny_vae(shift=0.1),
+            text_encoder=clip_text(5),
+            tokenizer=tok,
+            text_encoder_2=t5,
+            tokenizer_2=t5_tok,
+            transformer=model,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+BUILDERS = {"sdxl": tiny_sdxl_unet, "sd3": tiny_sd3_transformer, "flux": tiny_flux_transformer}
+
+
+def pipe_images(pipe, kind: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    kwargs = {"num_inference_steps": 2, "height": S, "width": S, "output_type": "pt"}
+    if kind != "sdxl":
+        kwargs["max_sequence_length"] = 8
+    return pipe("a cat", generator=g, **kwargs).images
+
+
+def conditioning(pipe, kind: str, n: int) -> dict:
+    """The denoiser's inputs for n copies of one prompt, as nara dreambooth builds them."""
+    from argparse import Namespace
+
+    from nara.commands.dreambooth import batched, encode_prompt
+
+    args = Namespace(
+        resolution=S, crops_coords_top_left_h=0, crops_coords_top_left_w=0, max_sequence_length=8
+    )
+    with torch.no_grad():
+        return batched(encode_prompt(pipe, kind, "a cat", args), n)
+
+
+def test_flux_packing_matches_the_pipeline():
+    from nara.integrations.diffusers import latent_image_ids, pack_latents
+
+    x = torch.randn(2, C, 6, 4)
+    want = diffusers.FluxPipeline._pack_latents(x, 2, C, 6, 4)
+    torch.testing.assert_close(pack_latents(x), want, rtol=0, atol=0)
+    ids = diffusers.FluxPipeline._prepare_latent_image_ids(2, 3, 2, "cpu", torch.float32)
+    torch.testing.assert_close(latent_image_ids(6, 4), ids, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="must be even, got 5×4"):
+        pack_latents(torch.randn(1, C, 5, 4))
+
+
+def test_sdxl_unet_identity_lambda_and_lora_through_the_pipeline(tmp_path):
+    pytest.importorskip("peft")
+    pipe = build_pipeline("sdxl", tiny_sdxl_unet(), tmp_path)
+    cond = conditioning(pipe, "sdxl", B)
+    assert cond["added_cond_kwargs"]["time_ids"].tolist() == [[S, S, 0, 0, S, S]] * B
+    x, _ = inputs()
+    t = torch.tensor([3, 400, 990])
+    base = tiny_sdxl_unet()
+    unet = add_diffusers_adapters(tiny_sdxl_unet(), nara.NaRAConfig(r=2, hidden_sizes=[8]))
+    seen = record_lambda(unet)
+    with torch.no_grad():
+        want = base(x, t, **cond).sample
+        torch.testing.assert_close(unet(x, t, **cond).sample, want)
+    torch.testing.assert_close(seen[0], t.float() / 1000)
+    # a LoRA trained by nara reads into the SDXL pipeline with diffusers' loader
+    ours = add_diffusers_adapters(tiny_sdxl_unet(), nara.LoRAConfig(r=2, alpha=4.0))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in adapter_parameters(ours).values():
+            p.normal_(0, 0.3)
+    save_diffusers_lora(ours, tmp_path / "lora")
+    theirs = build_pipeline("sdxl", tiny_sdxl_unet(), tmp_path)
+    theirs.load_lora_weights(str(tmp_path / "lora"))
+    got = pipe_images(theirs, "sdxl")
+    torch.testing.assert_close(got, pipe_images(build_pipeline("sdxl", ours, tmp_path), "sdxl"))
+    assert (got - pipe_images(pipe, "sdxl")).abs().max() > 1e-3  # and the LoRA matters
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_flow_matching_loss_lambda_is_sigma_and_lora_loads(kind, tmp_path):
+    pytest.importorskip("peft")
+    from nara.commands.dreambooth import training_loss
+    from nara.integrations.diffusers import flow_matching_loss, latent_image_ids, pack_latents
+
+    pipe = build_pipeline(kind, BUILDERS[kind](), tmp_path)
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    config = nara.NaRAConfig(r=4, hidden_sizes=[8])
+    model = add_diffusers_adapters(BUILDERS[kind](), config, feed_forward=True)
+    seen = record_lambda(model)
+    latents = torch.randn(2, C, S, S, generator=torch.Generator().manual_seed(4))
+    cond = conditioning(pipe, kind, 2)
+    # by hand: x_σ = (1 − σ)·x₀ + σ·ε, target ε − x₀; the model gets σ·1000 (SD3) or σ (Flux)
+    sigmas = torch.tensor([0.2, 0.7])
+    x0 = pack_latents(latents) if kind == "flux" else latents
+    extra = {"img_ids": latent_image_ids(S, S), "guidance": torch.tensor([3.5, 3.5])}
+    extra = extra if kind == "flux" else {}
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(9))
+    s = sigmas.reshape(-1, *[1] * (x0.dim() - 1))
+    scale = 1000.0 if kind == "sd3" else 1.0
+    with torch.no_grad():
+        pred = model(
+            hidden_states=(1 - s) * x0 + s * noise, timestep=sigmas * scale, **cond, **extra
+        ).sample
+        want = torch.nn.functional.mse_loss(pred, noise - x0)
+        g = torch.Generator().manual_seed(9)
+        got = flow_matching_loss(model, sched, x0, sigmas=sigmas, generator=g, **cond, **extra)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(seen[-1], sigmas)  # λ = σ
+    # drawn σ come from the shifted training schedule; a few steps lower the loss on one batch
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    model.train()
+    losses = []
+    for _ in range(12):
+        g = torch.Generator().manual_seed(0)
+        loss = training_loss(model, kind, sched, latents, cond, g, scale, 3.5)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]
+    assert bool(torch.isin(seen[-1], sched.sigmas).all())
+    with pytest.raises(ValueError, match="needs a flow-matching scheduler"):
+        flow_matching_loss(model, diffusers.DDPMScheduler(), x0, **cond, **extra)
+    # NaRA round trip; a static LoRA reads into diffusers' loader, model and pipeline
+    nara.save_adapters(model, tmp_path / "nara")
+    back = load_diffusers_adapters(BUILDERS[kind](), tmp_path / "nara", scheduler=sched)
+    with torch.no_grad():
+        kw = {"hidden_states": x0, "timestep": sigmas * scale, **cond, **extra}
+        torch.testing.assert_close(back(**kw).sample, model(**kw).sample, rtol=0, atol=0)
+    ours = add_diffusers_adapters(BUILDERS[kind](), nara.LoRAConfig(r=2, alpha=4.0))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in adapter_parameters(ours).values():
+            p.normal_(0, 0.3)
+    save_diffusers_lora(ours, tmp_path / "lora")
+    theirs = BUILDERS[kind]()
+    theirs.load_lora_adapter(
+        str(tmp_path / "lora"), prefix="transformer", weight_name=LORA_WEIGHT_NAME
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(**kw).sample, ours(**kw).sample, atol=1e-5, rtol=1e-4)
+    fresh = build_pipeline(kind, BUILDERS[kind](), tmp_path)
+    fresh.load_lora_weights(str(tmp_path / "lora"))
+    torch.testing.assert_close(
+        pipe_images(fresh, kind), pipe_images(build_pipeline(kind, ours, tmp_path), kind)
+    )
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "sd3", "flux"])
+def test_dreambooth_command_on_sdxl_sd3_flux(kind, tmp_path):
+    pytest.importorskip("peft")
+    from PIL import Image
+
+    from nara.cli import main
+
+    build_pipeline(kind, BUILDERS[kind](), tmp_path).save_pretrained(tmp_path / "pipe")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (S, S), (200, 30, 30)).save(images / "0.png")
+    args = [
+        "dreambooth",
+        "--pretrained_model_name_or_path", str(tmp_path / "pipe"),
+        "--instance_data_dir", str(images),
+        "--instance_prompt", "a sks cat",
+        "--output_dir", str(tmp_path / "out"),
+        "--resolution", str(S),
+        "--method", "lora",
+        "--rank", "2",
+        "--learning_rate", "1e-2",
+        "--max_train_steps", "3",
+        "--gradient_accumulation_steps", "2",
+        "--max_sequence_length", "8",
+        "--validation_prompt", "a sks cat",
+        "--num_validation_images", "1",
+        "--validation_steps", "3",
+        "--class_inference_steps", "2",
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert (tmp_path / "out" / "validation" / "step_0000003.png").is_file()
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "out" / "metrics.jsonl").open()]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    # the exported LoRA reads into a fresh pipeline and gives nara's images
+    fresh = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    fresh.set_progress_bar_config(disable=True)
+    base_images = pipe_images(fresh, kind)
+    fresh.load_lora_weights(str(tmp_path / "out"))
+    ours = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    ours.set_progress_bar_config(disable=True)
+    load_diffusers_adapters(getattr(ours, "unet", None) or ours.transformer, tmp_path / "out/final")
+    got = pipe_images(fresh, kind)
+    torch.testing.assert_close(got, pipe_images(ours, kind), atol=1e-5, rtol=1e-4)
+    assert (got - base_images).abs().max() > 0  # it trained

@@ -282,3 +282,82 @@ def denoising_loss(
     target = noise if kind == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     pred = model(noisy, timesteps, encoder_hidden_states, **model_kwargs).sample
     return F.mse_loss(pred.float(), target.float())
+
+
+def flow_matching_loss(
+    model: nn.Module,
+    scheduler: Any,
+    latents: torch.Tensor,
+    sigmas: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    max_timestep: float | None = None,
+    **model_kwargs: Any,
+) -> torch.Tensor:
+    """The rectified-flow training loss of SD3 and Flux: MSE between the model output and ε − x₀.
+
+    Noises ``latents`` (in the model's input layout: (B, C, H, W) for SD3, packed (B, tokens, C)
+    for Flux) as x_σ = (1 − σ)·x₀ + σ·ε. Unless ``sigmas`` (B,) are given, each sample draws an
+    index of the training schedule uniformly and takes that σ of ``scheduler.sigmas`` (a
+    ``FlowMatchEulerDiscreteScheduler`` before ``set_timesteps``: the shifted σ of training). The
+    model gets ``timestep = σ·max_timestep`` (:func:`default_max_timestep`: σ·1000 for SD3, σ for
+    Flux), by keyword with ``model_kwargs``, so the timestep hook gives λ = σ.
+
+    Raises:
+        ValueError: a scheduler without flow-matching σ, or σ outside [0, 1].
+    """
+    if sigmas is None:
+        table = getattr(scheduler, "sigmas", None)
+        if table is None or not hasattr(scheduler.config, "shift"):
+            raise ValueError(
+                f"flow_matching_loss needs a flow-matching scheduler (σ table and shift, e.g. "
+                f"FlowMatchEulerDiscreteScheduler), got {type(scheduler).__name__}; use "
+                "denoising_loss for DDPM-type schedulers"
+            )
+        total = scheduler.config.num_train_timesteps
+        draw = "cpu" if generator is None else generator.device
+        index = torch.randint(0, total, (latents.shape[0],), generator=generator, device=draw)
+        sigmas = table.float()[index.cpu()]
+    sigmas = sigmas.to(latents.device, torch.float32).reshape(-1)
+    if not bool(((sigmas >= 0) & (sigmas <= 1)).all()):
+        raise ValueError(f"σ must lie in [0, 1], got {sigmas[:4].tolist()}")
+    draw = latents.device if generator is None else generator.device
+    noise = torch.randn(latents.shape, generator=generator, device=draw)
+    noise = noise.to(latents.device, latents.dtype)
+    s = sigmas.reshape(-1, *([1] * (latents.dim() - 1))).to(latents.dtype)
+    noisy = (1 - s) * latents + s * noise
+    if max_timestep is None:
+        max_timestep = default_max_timestep(model, scheduler)
+    timestep = (sigmas * max_timestep).to(latents.dtype)
+    pred = model(hidden_states=noisy, timestep=timestep, **model_kwargs).sample
+    return F.mse_loss(pred.float(), (noise - latents).float())
+
+
+def sdxl_time_ids(
+    original_size: tuple[int, int],
+    crop_top_left: tuple[int, int],
+    target_size: tuple[int, int],
+    batch: int,
+) -> torch.Tensor:
+    """SDXL's size conditioning ``added_cond_kwargs["time_ids"]``: (batch, 6) rows of
+    (original h, w, crop top, left, target h, w), as its pipelines build them."""
+    row = torch.tensor([[*original_size, *crop_top_left, *target_size]], dtype=torch.float32)
+    return row.expand(batch, -1)
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """Flux's token layout: (B, C, H, W) → (B, H/2·W/2, 4C), each token a 2×2 patch (row-major
+    over patches; channels, then the patch's rows and columns)."""
+    b, c, h, w = latents.shape
+    if h % 2 or w % 2:
+        raise ValueError(
+            f"Flux packs 2×2 patches: latent height and width must be even, got {h}×{w}"
+        )
+    x = latents.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def latent_image_ids(height: int, width: int) -> torch.Tensor:
+    """Flux's ``img_ids`` for a latent of ``height`` × ``width``: (tokens, 3) rows (0, row, col)
+    over the 2×2 patches, in :func:`pack_latents`' order."""
+    rows, cols = torch.meshgrid(torch.arange(height // 2), torch.arange(width // 2), indexing="ij")
+    return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).float()
