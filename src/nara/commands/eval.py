@@ -34,6 +34,7 @@ EXAMPLES = """examples:
   nara eval --task gsm8k --oracle --limit 20
   nara eval --task my.jsonl --scorer number --adapter runs/mine/final
   nara eval --task my.csv --scorer keyword --columns prompt=question,answer=label
+  nara eval --task sst2 --data sst2_dev.csv --adapter runs/sst2/final   # SST-2 layout sentence,label
   nara eval --model /models/LLaDA-8B-Instruct --adapter runs/math/final --task math \\
       --gen-length 256 --block-length 32 --batch-size 16"""
 
@@ -62,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--columns",
         metavar="FIELD=COLUMN,...",
-        help="your own file's column names mapped to record fields, e.g. prompt=question,answer=label",
+        help="your own file's (or --data's) column names mapped to record fields, e.g. "
+        "prompt=question,answer=label, or sentence=text,label=sentiment for --task sst2",
     )
     parser.add_argument("--oracle", action="store_true", help="score the gold outputs")
     parser.add_argument("--limit", type=positive_int, help="only the first N examples of each task")
