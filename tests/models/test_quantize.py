@@ -1,5 +1,5 @@
 """QLoRA: the 4/8-bit options, their errors where bitsandbytes cannot run, adapters on a
-quantised base layer, and NaRA training on a real 4- and 8-bit tiny LLaDA.
+quantised base layer, and NaRA training on a real 4- and 8-bit tiny LLaDA and a 4-bit tiny Dream.
 
 bitsandbytes (>= 0.46.1, the test extra installs it) runs its 4- and 8-bit layers on the CPU, so
 the real quantised loads and training steps run here; a missing, too old or broken bitsandbytes is
@@ -24,7 +24,14 @@ from torch import nn
 from nara import DoRAConfig, LoRAConfig, NaRAConfig, add_adapters
 from nara.cli import main
 from nara.diffusion import diffusion_loss
-from nara.models import LLaDAModelLM, load_model, quantize, tiny_config
+from nara.models import (
+    DreamModel,
+    LLaDAModelLM,
+    load_model,
+    quantize,
+    tiny_config,
+    tiny_dream_config,
+)
 from nara.training.config import ConfigError, ModelSection
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
@@ -163,18 +170,30 @@ def _frozen_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+FAMILIES = {
+    "llada": lambda: LLaDAModelLM(tiny_config()),
+    "dream": lambda: DreamModel(tiny_dream_config()),
+}
+
+
 @pytest.mark.parametrize(
-    ("bits", "storage"), [("load_in_4bit", torch.uint8), ("load_in_8bit", torch.int8)]
+    ("family", "bits", "storage"),
+    [
+        ("llada", "load_in_4bit", torch.uint8),
+        ("llada", "load_in_8bit", torch.int8),
+        ("dream", "load_in_4bit", torch.uint8),
+    ],
 )
-def test_quantised_tiny_llada_trains_nara(tmp_path, bits, storage) -> None:
+def test_quantised_tiny_model_trains_nara(tmp_path, family, bits, storage) -> None:
     torch.manual_seed(0)
-    LLaDAModelLM(tiny_config()).save_pretrained(tmp_path)
+    FAMILIES[family]().save_pretrained(tmp_path)
     model = load_model(tmp_path, **{bits: True}).model.train()  # on the CPU here
     device = quantize.quantized_device()
-    blocks = model.model.transformer["blocks"]
     # the block linears are stored quantised, the head and the embeddings are not
-    assert {blocks[i].ff_out.weight.dtype for i in range(len(blocks))} == {storage}
-    assert model.model.transformer["ff_out"].weight.dtype == torch.bfloat16
+    head = model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not head]
+    assert len(linears) == 14 and {m.weight.dtype for m in linears} == {storage}
+    assert head.weight.dtype == model.get_input_embeddings().weight.dtype == torch.bfloat16
     ids = torch.randint(0, 120, (4, 24), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         model(ids)  # 8 bits: the first use moves the row scales from the weight to the layer
