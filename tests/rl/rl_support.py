@@ -20,7 +20,7 @@ from training_support import (  # noqa: E402
 from nara.models import LLaDAModelLM, tiny_config  # noqa: E402
 from nara.rl.config import RLConfig, load_rl_recipe  # noqa: E402
 
-__all__ = ["EOS", "MASK", "digit_count", "loaded", "recipe", "sums_file"]
+__all__ = ["EOS", "MASK", "letter_count", "loaded", "recipe", "sums_file"]
 
 
 def sums_file(folder: Path) -> Path:
@@ -62,7 +62,7 @@ def recipe(folder: Path, *extra: str) -> RLConfig:
     )
 
 
-def digit_count(prompts: list[str], completions: list[str], answers: list[str]) -> list[float]:
-    """A toy reward (``rewards.custom=rl_support:digit_count``): the digits in a completion, so
+def letter_count(prompts: list[str], completions: list[str], answers: list[str]) -> list[float]:
+    """A toy reward (``rewards.custom=rl_support:letter_count``): the letters in a completion, so
     random completions of one group differ and every update has a gradient."""
-    return [float(sum(ch.isdigit() for ch in c)) for c in completions]
+    return [float(sum(ch.isalpha() for ch in c)) for c in completions]
