@@ -812,3 +812,39 @@ def test_dreambooth_command_on_sdxl_sd3_flux(kind, tmp_path):
     got = pipe_images(fresh, kind)
     torch.testing.assert_close(got, pipe_images(ours, kind), atol=1e-5, rtol=1e-4)
     assert (got - base_images).abs().max() > 0  # it trained
+
+
+def test_pipeline_kind_refuses_other_pipelines():
+    from types import SimpleNamespace
+
+    from nara.commands.dreambooth import pipeline_kind
+
+    other = SimpleNamespace(unet=None, transformer=torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"denoiser Linear\) is not a Stable Diffusion"):
+        pipeline_kind(other)
+
+
+def test_digits_experiment_matches_parameter_budgets():
+    """benchmarks/dreambooth_digits.py: NaRA (rank r − 1 + hypernetwork) is within one
+    hypernetwork width step of LoRA's and T-LoRA's count at rank r."""
+    import importlib.util
+    from pathlib import Path
+
+    from nara.adapters.inject import trainable_parameters
+
+    pytest.importorskip("sklearn")
+    path = Path(__file__).parents[2] / "benchmarks" / "dreambooth_digits.py"
+    spec = importlib.util.spec_from_file_location("dreambooth_digits", path)
+    digits = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(digits)
+    configs = digits.adapter_configs(digits.make_unet(), rank=4)
+    counts = {
+        name: trainable_parameters(add_diffusers_adapters(digits.make_unet(), c)).trainable
+        for name, c in configs.items()
+    }
+    assert counts["lora"] == counts["t_lora"]
+    step = configs["nara"].embedding_dim + 1 + 3 * 3  # parameters per hidden unit at r = 3
+    assert abs(counts["nara"] - counts["lora"]) <= step / 2
+    cond = digits.prompt(digits.SKS, 3, 5)
+    assert cond.shape == (5, 2, digits.TEXT_DIM)
+    torch.testing.assert_close(cond[:, 0], digits.TOKENS[digits.SKS].expand(5, -1))
