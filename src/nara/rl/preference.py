@@ -1,5 +1,5 @@
 """Preference optimisation for masked diffusion models: DPO on Monte-Carlo ELBOs with VRPO's
-variance reduction (LLaDA 1.5; the facts are in docs/preference.md).
+variance reduction (LLaDA 1.5; the facts are in docs/rl.md).
 
 A masked diffusion model has no exact log-likelihood, so DPO's log-ratio log π(y|x) − log
 π_ref(y|x) is replaced by a difference of ELBO estimates B̂_π(y) − B̂_ref(y). The estimation
