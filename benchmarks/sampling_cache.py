@@ -1,6 +1,6 @@
 """Sampling with a key/value cache: speed (tokens/s) and how far cached logits drift (KL).
 
-    python benchmarks/sampling_cache.py                      # both parts (about 15 min on 2 CPUs)
+    python benchmarks/sampling_cache.py                      # both parts (about 20 min on 2 CPUs)
     python benchmarks/sampling_cache.py --quick              # small shapes, about a minute
     python benchmarks/sampling_cache.py --only kl --json /tmp/cache.json
 
@@ -273,6 +273,13 @@ def main() -> int:
         "--dream-prompt", type=int, default=256, help="prompt tokens of the Dream speed rows"
     )
     parser.add_argument(
+        "--dream-lengths",
+        type=int,
+        nargs="+",
+        default=[64],
+        help="answer lengths of the Dream rows",
+    )
+    parser.add_argument(
         "--lengths", type=int, nargs="+", help="answer lengths (default 64 128 256)"
     )
     parser.add_argument(
@@ -312,8 +319,8 @@ def main() -> int:
             if "dream" in args.sizes:  # Dream's sampler: one block, prefix cache only
                 dream = add_adapters(dream_model(args.quick), dream_nara(32)).eval()
                 results["speed_dream_nara"] = tokens_per_second(
-                    dream, **{**speed, "thresholds": [None]}, block=None,
-                    prompt_len=args.dream_prompt, modes=(None, "prefix"),
+                    dream, **{**speed, "thresholds": [None], "lengths": args.dream_lengths},
+                    block=None, prompt_len=args.dream_prompt, modes=(None, "prefix"),
                 )  # fmt: skip
         if args.only in (None, "kl"):
             if args.quick:
