@@ -1,6 +1,6 @@
 """Accuracy of cached decoding: trained LoRA and NaRA adapters, cache × threshold, over seeds.
 
-    python benchmarks/cache_accuracy.py                              # tiny, about 10 min on 2 CPUs
+    python benchmarks/cache_accuracy.py          # tiny: about 6 min of CPU time (1 thread)
     python benchmarks/cache_accuracy.py --model build/tiny-v2/model --json /tmp/acc.json
     python benchmarks/cache_accuracy.py --steps 20 --limit 16 --seeds 0   # a smoke test
 

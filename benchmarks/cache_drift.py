@@ -1,6 +1,6 @@
 """Cache drift of adapters that really depend on λ: the mechanism test's teachers and students.
 
-    python benchmarks/cache_drift.py --json /tmp/drift.json          # about 10 min on 2 CPUs
+    python benchmarks/cache_drift.py --json /tmp/drift.json   # about 5 min of CPU time (1 thread)
     python benchmarks/cache_drift.py --steps 10 --teachers smooth --students lora  # smoke test
 
 The random adapters of ``benchmarks/sampling_cache.py --only kl`` barely change with λ. Here each
