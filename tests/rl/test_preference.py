@@ -401,6 +401,10 @@ def test_a_malformed_preference_file_fails_before_the_model_loads(tmp_path) -> N
     with pytest.raises(RecordFormatError, match=r"line 1\): missing field 'rejected'"):
         train_rl(config, loaded=None, show_progress=False)
     assert not (tmp_path / "run").exists()
+    with pytest.raises(FileNotFoundError, match="'embedded:arithmetic' is no file.*make_pref"):
+        train_rl(_vrpo_recipe(tmp_path, "data.source=embedded:arithmetic"), loaded=None)
+    with pytest.raises(ConfigError, match="data.columns does not apply to rl.algorithm=vrpo"):
+        train_rl(_vrpo_recipe(tmp_path, "data.columns=prompt=question"), loaded=None)
 
 
 def test_shipped_vrpo_recipe_and_pair_script(tmp_path) -> None:

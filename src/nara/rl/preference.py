@@ -34,6 +34,7 @@ from nara.data.records import RecordFormatError, _read_raw
 from nara.diffusion.likelihood import TokenIds, checked_pairs, elbo_samples_mean
 from nara.rl.estimators import adapters_disabled
 from nara.rl.trainer import RLTrainer
+from nara.training.config import ConfigError
 from nara.training.trainer import noise_seed
 
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
@@ -260,8 +261,21 @@ class VRPOTrainer(RLTrainer):
     recipe, so resume is exact as for the other algorithms."""
 
     def _setup_data(self) -> None:
+        """The pairs of ``data.source``; the keys that only name a task's prompts are refused."""
+        data = self.config.data
+        if data.columns:
+            raise ConfigError(
+                "data.columns does not apply to rl.algorithm=vrpo; name the file's fields "
+                "prompt, chosen and rejected"
+            )
+        if not Path(data.source).is_file():
+            raise FileNotFoundError(
+                f"data.source={data.source!r} is no file; rl.algorithm=vrpo reads a file of "
+                "{prompt, chosen, rejected} records (scripts/make_preferences.py writes one "
+                "from an embedded task)"
+            )
         self.task, self.rewards = None, None
-        self.records = load_preferences(self.config.data.source)[: self.config.data.max_examples]
+        self.records = load_preferences(data.source)[: data.max_examples]
 
     def rollout(self) -> PreferenceBatch:
         """The next update's pairs, tokenized as supervised fine-tuning does."""
