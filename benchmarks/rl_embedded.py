@@ -4,6 +4,7 @@ and after diffu-GRPO (or wd1), over seeds.
     python benchmarks/rl_embedded.py                                   # 3 seeds, the defaults
     python benchmarks/rl_embedded.py --seeds 0 --sft-steps 60 --rl-steps 20 --limit 50
     python benchmarks/rl_embedded.py --rl-recipe configs/rl/embedded_arithmetic_wd1.yaml
+    python benchmarks/rl_embedded.py --rl-set rl.beta=0     # no KL to the pre-SFT base
 
 For each method and seed: `nara train demo` for --sft-steps updates, greedy test accuracy of
 that adapter (nara eval's exact scorer, the first --limit test problems), `nara rl` from it
@@ -76,6 +77,7 @@ def one_run(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
             f"training.max_steps={args.rl_steps}",
             "training.save_every=none",
             f"output_dir={out / 'rl'}",
+            *args.rl_set,
         ],
     )
     rl_adapter = RLTrainer(rl, show_progress=False).train().final_adapter
@@ -145,6 +147,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200, help="test problems evaluated")
     parser.add_argument(
         "--rl-recipe", type=Path, default=ROOT / "configs" / "rl" / "embedded_arithmetic_grpo.yaml"
+    )
+    parser.add_argument(
+        "--rl-set", nargs="*", default=[], metavar="KEY=VALUE", help="RL overrides, e.g. rl.beta=0"
     )
     parser.add_argument("--output", type=Path, default=Path("runs/rl_embedded"))
     args = parser.parse_args()
