@@ -1,6 +1,7 @@
 """DreamBooth on scikit-learn's 8×8 digits: LoRA vs NaRA vs T-LoRA at equal parameters, on CPU.
 
     python benchmarks/dreambooth_digits.py                  # the table in docs/results/dreambooth/
+                                                            # (13.4 CPU-minutes, base model included)
     python benchmarks/dreambooth_digits.py --quick --out /tmp/db   # a smoke run (seconds)
 
 The whole image path of nara.integrations.diffusers, offline (docs/diffusers.md, "The offline
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_class_images", type=int, default=40, help="prior-preservation images")
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
     p.add_argument("--sampling_steps", type=int, default=20, help="DDIM steps")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the table: 1)")
     p.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
     args = p.parse_args(argv)
     if args.rank < 2:
@@ -316,7 +317,7 @@ def table(results: dict, counts: dict, args: argparse.Namespace, cost: dict) -> 
         f"DreamBooth on 8×8 digits (benchmarks/dreambooth_digits.py): subject = mirrored 3 from 5 "
         f"images, {args.steps} steps with prior preservation, adapters on the attention "
         f"projections; mean ± std over seeds {args.seeds}. Cost: {cost['cpu_min']:.1f} CPU-minutes "
-        f"({args.threads} threads, {cost['wall_min']:.1f} min wall) plus "
+        f"(torch threads: {args.threads}; {cost['wall_min']:.1f} min wall) plus "
         f"{cost['base_cpu_min']:.1f} CPU-minutes for the base model (cached).",
         "",
         "| model | trainable | subject fidelity % | prior, other digits % | plain 3 kept % "
