@@ -39,7 +39,6 @@ from nara.rl.losses import group_advantages, grpo_loss, wd1_loss
 from nara.rl.rewards import build_rewards, load_prompts
 from nara.training import checkpoint as ckpt
 from nara.training.config import ConfigError
-from nara.training.metrics import MetricsLogger
 from nara.training.optim import build_optimizer, build_scheduler
 from nara.training.trainer import _BOOKKEEPING, Trainer, TrainResult, noise_seed
 
@@ -102,32 +101,17 @@ class RLTrainer(Trainer):
     """
 
     def __init__(self, config: RLConfig, *, loaded: Any = None, show_progress: bool = True):
-        self.config = config
-        self.cfg = config.training
         self.rl = config.rl
-        self.output_dir = Path(config.output_dir)
-        self.state = ckpt.TrainerState()  # micro_batches counts this process's rollouts
-        self._lock: Any = None
         self.val_loader = None  # no validation loss: evaluate the adapter with nara eval
-        # data, rewards and the starting adapter are checked before a model loads
+        super().__init__(config, loaded=loaded, show_progress=show_progress)
+
+    def _check_inputs(self) -> None:
+        """Data, rewards and the starting adapter are checked before a model loads."""
         self._setup_data()
-        self.init_meta = _init_adapter(config)
-        self._setup_accelerator()
-        try:
-            resume = self._claim_output_dir()
-            self._setup_model(loaded)
-            self._setup_optimization()
-            self._resume(resume)
-            self.log = MetricsLogger(
-                self.accelerator,
-                self.output_dir / "metrics.jsonl",
-                total=self.total_steps,
-                initial=self.state.step,
-                show_progress=show_progress,
-            )
-        except BaseException:
-            self.close()
-            raise
+        self.init_meta = _init_adapter(self.config)
+
+    def _setup_model_data(self) -> None:
+        """Nothing: the prompts were read in :meth:`_check_inputs`."""
 
     # ------------------------------------------------------------------ setup
 

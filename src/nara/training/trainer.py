@@ -107,12 +107,12 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.state = ckpt.TrainerState()
         self._lock: Any = None
-        check_sources(config.data)  # a missing file fails here, not after the model has loaded
+        self._check_inputs()
         self._setup_accelerator()
         try:
             resume = self._claim_output_dir()
             self._setup_model(loaded)
-            self._setup_data()
+            self._setup_model_data()
             self._setup_optimization()
             self._resume(resume)
             self.log = MetricsLogger(
@@ -125,6 +125,14 @@ class Trainer:
         except BaseException:
             self.close()
             raise
+
+    def _check_inputs(self) -> None:
+        """Checks that need no model: a missing data file fails here, not after the model loaded."""
+        check_sources(self.config.data)
+
+    def _setup_model_data(self) -> None:
+        """Data that needs the model's tokenizer (SFT: the token batches)."""
+        self._setup_data()
 
     def close(self) -> None:
         """Release the output folder's lock (done by :meth:`train`; call it for a Trainer that is
