@@ -261,3 +261,25 @@ def test_a_few_steps_raise_the_reward_on_a_toy_task(tmp_path):
         r["reward"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "rollout" in r
     ]
     assert letter_mass() > before + 0.02 and sum(rewards[3:]) > sum(rewards[:3])
+
+
+def test_ctrl_c_in_nara_rl_exits_130_with_the_command_that_continues(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    import nara.rl.trainer as rl_trainer
+    from nara.cli import main
+    from nara.training.trainer import TrainingInterrupted
+
+    saved = tmp_path / "run" / "checkpoint-4"
+
+    def interrupted(config, show_progress=True):
+        raise TrainingInterrupted(5, saved)
+
+    monkeypatch.setattr(rl_trainer, "train_rl", interrupted)
+    args = ["rl", "rl/embedded_arithmetic_wd1", "training.overwrite=true", "training.lr=1e-5"]
+    assert main([*args, "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert f"nara rl: interrupted at update 5; its newest complete checkpoint is {saved}" in err
+    assert err.split("continue with: ")[1].strip() == (
+        "nara rl rl/embedded_arithmetic_wd1 training.lr=1e-5 training.resume=latest"
+    )

@@ -14,7 +14,6 @@ estimates; no sampling, no rewards). See docs/rl.md.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
 EXAMPLES = """examples:
@@ -53,16 +52,13 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
+    from nara.commands.train import interrupted_message
     from nara.rl.trainer import train_rl
-    from nara.training.trainer import TrainingInterrupted
 
     try:
         result = train_rl(config, show_progress=not args.no_progress)
     except KeyboardInterrupt as stop:
-        kept = [o for o in args.overrides if not o.startswith(("training.resume=", "training.ov"))]
-        again = shlex.join(["nara", "rl", args.config, *kept, "training.resume=latest"])
-        step = stop.step if isinstance(stop, TrainingInterrupted) else 0
-        print(f"nara rl: interrupted at update {step}; continue with: {again}", file=sys.stderr)
+        print(interrupted_message(args, stop, "rl"), file=sys.stderr)
         return 130
     print(f"done: {result.steps} updates, adapter in {result.final_adapter}")
     return 0

@@ -79,18 +79,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def interrupted_message(args: argparse.Namespace, stop: KeyboardInterrupt) -> str:
-    """What Ctrl-C left behind and the exact command that continues the run."""
+def interrupted_message(
+    args: argparse.Namespace, stop: KeyboardInterrupt, command: str = "train"
+) -> str:
+    """What Ctrl-C left behind and the exact command (``nara train`` or ``nara rl``) that
+    continues the run."""
     from nara.training.trainer import TrainingInterrupted
 
     kept = [
         o for o in args.overrides if not o.startswith(("training.resume=", "training.overwrite="))
     ]
-    again = shlex.join(["nara", "train", args.config, *kept, "training.resume=latest"])
+    again = shlex.join(["nara", command, args.config, *kept, "training.resume=latest"])
     if not isinstance(stop, TrainingInterrupted):
-        return f"nara train: interrupted before the first update; start it again with: {again}"
+        return f"nara {command}: interrupted before the first update; start it again with: {again}"
     if stop.checkpoint is None:
         saved = "no checkpoint was saved yet (training.save_every sets how often), so it restarts"
     else:
         saved = f"its newest complete checkpoint is {stop.checkpoint}"
-    return f"nara train: interrupted at update {stop.step}; {saved}; continue with: {again}"
+    return f"nara {command}: interrupted at update {stop.step}; {saved}; continue with: {again}"
