@@ -13,6 +13,8 @@ from nara import LoRAConfig, NaRAConfig, add_adapters, merge_adapters, noise_lev
 from nara.adapters.inject import adapter_layers
 from nara.models import DreamModel, LLaDAModelLM, tiny_config, tiny_dream_config
 from nara.rl import (
+    adapter_snapshot,
+    adapter_weights,
     adapters_disabled,
     group_advantages,
     grpo_loss,
@@ -158,7 +160,7 @@ def test_kl_term_by_hand_and_padding_ignored() -> None:
     torch.testing.assert_close(logp.grad[0], torch.tensor(grad, dtype=torch.float32))
 
 
-def _logprobs(model, seed: int = 5, ref: bool = False) -> torch.Tensor:
+def _logprobs(model, seed: int = 5, ref: bool = False, **kwargs) -> torch.Tensor:
     prompt, pa, completion, cm = _batch()
     fn = reference_logprobs if ref else per_token_logprobs
     return fn(
@@ -169,6 +171,7 @@ def _logprobs(model, seed: int = 5, ref: bool = False) -> torch.Tensor:
         generator=torch.Generator().manual_seed(seed),
         prompt_attention=pa,
         completion_mask=cm,
+        **kwargs,
     )
 
 
@@ -213,6 +216,52 @@ def test_disabling_refuses_merged_adapters_and_models_without_any() -> None:
         pass
     model = merge_adapters(_lora_model(nonzero=True))
     with pytest.raises(ValueError, match="unmerge_adapters"), adapters_disabled(model):
+        pass
+
+
+@pytest.mark.parametrize("config", [LoRAConfig(r=4), NaRAConfig(r=4)], ids=["lora", "nara"])
+def test_reference_with_a_snapshot_is_the_starting_adapter(config) -> None:
+    """A starting adapter's snapshot is the reference: after the policy moved, the reference
+    pass equals the starting adapter computed directly (an independent copy of the model), and
+    the policy's own tensors are back afterwards."""
+    torch.manual_seed(0)
+    model = add_adapters(LLaDAModelLM(tiny_config()), config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.5)
+    start = copy.deepcopy(model)  # the starting adapter, kept independently
+    snapshot = adapter_snapshot(model)
+    with torch.no_grad():
+        for p in model.parameters():  # "RL" moves the policy
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.5)
+    moved = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        want, policy = _logprobs(start), _logprobs(model)
+    ref = _logprobs(model, ref=True, reference=snapshot)
+    torch.testing.assert_close(ref, want, rtol=0, atol=0)
+    assert (policy - ref).abs().max() > 1e-2
+    assert all(torch.equal(p, moved[n]) for n, p in model.named_parameters() if n in moved)
+    start_kl = grpo_loss(want, want, torch.ones(2), _batch()[3], ref_logp=ref).kl
+    assert start_kl.item() == 0.0  # the policy at RL start has KL exactly 0 to the reference
+
+
+def test_swapped_weights_are_restored_after_an_error_and_checked() -> None:
+    model = _lora_model(nonzero=True)
+    own = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    zeros = {k: torch.zeros_like(v) for k, v in adapter_snapshot(model).items()}
+    with pytest.raises(RuntimeError, match="inside"), adapter_weights(model, zeros):
+        assert all(not p.any() for n, p in model.named_parameters() if n in own)
+        raise RuntimeError("inside")
+    assert all(torch.equal(p, own[n]) for n, p in model.named_parameters() if n in own)
+    name = next(iter(zeros))
+    fewer = {k: v for k, v in zeros.items() if k != name}
+    with pytest.raises(ValueError, match=f"missing \\['{name}'\\]"), adapter_weights(model, fewer):
+        pass
+    wrong = {**zeros, name: torch.zeros(1, dtype=torch.float64)}
+    message = f"reference tensor {name} is \\(1,\\) torch.float64"
+    with pytest.raises(ValueError, match=message), adapter_weights(model, wrong):
         pass
 
 

@@ -11,10 +11,10 @@ import torch
 from rl_support import EOS, MASK, loaded, recipe, sums_file
 from safetensors.torch import load_file
 
-from nara.adapters import LoRAConfig, add_adapters, save_adapters
+from nara.adapters import LoRAConfig, add_adapters, load_adapters, save_adapters
 from nara.cli import main
 from nara.evaluation import tasks
-from nara.rl import grpo_loss, per_token_logprobs, wd1_loss
+from nara.rl import grpo_loss, per_token_logprobs, reference_logprobs, wd1_loss
 from nara.rl.config import load_rl_recipe
 from nara.rl.trainer import RLTrainer, completion_mask
 from nara.training import checkpoint as ckpt
@@ -163,13 +163,19 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(tmp_path, mo
     assert rewards[0] == rewards[1] and len(rewards[0]) == 2
 
 
-def test_init_from_starts_at_the_saved_adapter(tmp_path):
-    model = add_adapters(loaded(1)[0], LoRAConfig(r=4))
+def _sft_adapter(folder, seed: int = 1, scale: float = 1.0) -> torch.nn.Module:
+    """A non-zero LoRA r=4 adapter on ``loaded(seed)``'s weights, saved to ``folder``."""
+    model = add_adapters(loaded(seed)[0], LoRAConfig(r=4))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_()
-    save_adapters(model, tmp_path / "sft")
+                p.normal_(0.0, scale)
+    save_adapters(model, folder)
+    return model
+
+
+def test_init_from_starts_at_the_saved_adapter(tmp_path):
+    model = _sft_adapter(tmp_path / "sft")
     saved = {n: p for n, p in model.named_parameters() if p.requires_grad}
     trainer = _trainer(recipe(tmp_path, f"adapter.init_from={tmp_path / 'sft'}"))
     trainer.close()
@@ -178,6 +184,39 @@ def test_init_from_starts_at_the_saved_adapter(tmp_path):
     assert all(torch.equal(got[k], saved[k]) for k in saved)
     with pytest.raises(ConfigError, match="r: folder 4 vs recipe 8"):
         _trainer(recipe(tmp_path, f"adapter.init_from={tmp_path / 'sft'}", "adapter.r=8"))
+
+
+def test_with_init_from_the_reference_is_the_starting_adapter(tmp_path):
+    """KL is exactly 0 at the first update (dropout off, μ = 1), the policy then moves, and the
+    reference stays the SFT adapter: its estimate equals the saved adapter loaded into a fresh
+    copy of the base model, after the RL steps too."""
+    _sft_adapter(tmp_path / "sft", seed=0, scale=0.3)
+    config = recipe(
+        tmp_path,
+        f"adapter.init_from={tmp_path / 'sft'}",
+        "adapter.dropout=0",
+        "rewards.custom=rl_support:letter_count",  # rewards differ in a group: the policy moves
+        "rl.inner_iterations=1",
+        "rl.beta=0.1",
+        "training.save_every=none",
+    )
+    trainer = _trainer(config)
+    trainer.train()
+    kl = [r["kl"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "rollout" in r]
+    assert len(kl) == 4 and kl[0] == 0.0 and kl[-1] > 0
+
+    sft = load_adapters(loaded(0)[0], tmp_path / "sft").eval()
+    prompts = trainer.tokenizer([r.prompt for r in trainer.records[:3]], return_tensors="pt")
+    completions = torch.tensor([[5, 6, 7, 8], [9, 10, 11, EOS], [12, 13, 14, 15]])
+    kw = {"mask_token_id": MASK, "prompt_mask_prob": 0.3}
+    gen = torch.Generator
+    policy = trainer.model.eval()
+    got = reference_logprobs(policy, prompts["input_ids"], completions, reference=trainer.reference, generator=gen().manual_seed(3), **kw)  # fmt: skip
+    with torch.no_grad():
+        want = per_token_logprobs(sft, prompts["input_ids"], completions, generator=gen().manual_seed(3), **kw)  # fmt: skip
+        moved = per_token_logprobs(policy, prompts["input_ids"], completions, generator=gen().manual_seed(3), **kw)  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert (moved - want).abs().max() > 1e-4  # the RL steps changed the policy
 
 
 @pytest.mark.parametrize(

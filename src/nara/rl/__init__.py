@@ -1,12 +1,15 @@
 """Reinforcement learning for masked diffusion models with adapters: the one-step per-token
-log-probability estimate, the reference policy as the adapter-free base model, the GRPO
-and wd1 objectives, and VRPO preference optimisation (DPO on ELBO estimates)."""
+log-probability estimate, the reference policy (the adapter-free base model, or the starting
+adapter swapped in), the GRPO and wd1 objectives, and VRPO preference optimisation (DPO on ELBO estimates)."""
 
 from nara.rl.estimators import (
+    adapter_snapshot,
+    adapter_weights,
     adapters_disabled,
     one_step_inputs,
     per_token_logprobs,
     reference_logprobs,
+    reference_policy,
 )
 from nara.rl.losses import (
     GRPOOutput,
@@ -30,6 +33,8 @@ __all__ = [
     "GRPOOutput",
     "PreferenceOutput",
     "PreferencePair",
+    "adapter_snapshot",
+    "adapter_weights",
     "adapters_disabled",
     "dpo_loss",
     "elbo_estimates",
@@ -41,6 +46,7 @@ __all__ = [
     "one_step_inputs",
     "per_token_logprobs",
     "reference_logprobs",
+    "reference_policy",
     "vrpo_loss",
     "wd1_loss",
     "wd1_weights",

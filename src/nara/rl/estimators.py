@@ -6,13 +6,15 @@ masks the whole completion and each prompt token with probability p, runs the mo
 reads the log-softmax at the completion tokens. Masking part of the prompt at random makes the
 estimate a different perturbation of the policy at each outer step; a fixed seed keeps the
 same mask over the inner iterations that reuse one batch, so the importance ratios compare
-like with like. The reference policy is the same model with its adapters switched off.
+like with like. The reference policy is the policy at the start of RL without a second copy of
+the base weights: the same model with its adapters switched off (a fresh adapter), or with a
+frozen copy of the starting adapter's tensors swapped in (an adapter trained before, e.g. SFT).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -190,15 +192,91 @@ def per_token_logprobs(
     return logp.masked_fill(~real_completion, 0.0)
 
 
+def _adapted(model: torch.nn.Module) -> torch.nn.Module:
+    """The adapted model inside wrappers such as DDP (their ``.module``), so parameter names do
+    not depend on the wrapping."""
+    while not hasattr(model, "nara_hub") and isinstance(
+        getattr(model, "module", None), torch.nn.Module
+    ):
+        model = model.module
+    return model
+
+
+def adapter_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of every trainable adapter tensor of ``model`` (names as
+    :func:`nara.adapters.inject.adapter_parameters`): the reference policy of an RL run that
+    starts from a trained adapter, at the cost of one adapter, not of the base weights.
+
+    Raises:
+        ValueError: the model has no nara adapters.
+    """
+    from nara.adapters.inject import adapter_parameters
+
+    return {name: p.detach().clone() for name, p in adapter_parameters(_adapted(model)).items()}
+
+
+@contextmanager
+def adapter_weights(
+    model: torch.nn.Module, state: dict[str, torch.Tensor]
+) -> Iterator[torch.nn.Module]:
+    """Run ``model`` with the adapter tensors ``state`` (an :func:`adapter_snapshot`) in place
+    of its own inside the block. The parameters' storages are swapped, nothing is copied, and
+    the model's own tensors are back on exit, also after an exception.
+
+    Raises:
+        ValueError: ``state`` does not hold exactly the model's adapter tensors, with their
+            shapes, dtypes and devices (take the snapshot after the model moved to its device).
+    """
+    from nara.adapters.inject import adapter_parameters
+
+    params = adapter_parameters(_adapted(model))
+    if state.keys() != params.keys():
+        missing, unexpected = sorted(params.keys() - state), sorted(state.keys() - params)
+        raise ValueError(
+            f"the reference adapter does not fit the model: missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]}; take it with adapter_snapshot(model) of this adapted model"
+        )
+    for name, p in params.items():
+        t = state[name]
+        if (t.shape, t.dtype, t.device) != (p.shape, p.dtype, p.device):
+            raise ValueError(
+                f"reference tensor {name} is {tuple(t.shape)} {t.dtype} on {t.device}, the model's "
+                f"{tuple(p.shape)} {p.dtype} on {p.device}; take the snapshot after the model "
+                "moved to its device and dtype"
+            )
+    own = {name: p.data for name, p in params.items()}
+    try:
+        for name, p in params.items():
+            p.data = state[name]
+        yield model
+    finally:
+        for name, p in params.items():
+            p.data = own[name]
+
+
+def reference_policy(
+    model: torch.nn.Module, reference: dict[str, torch.Tensor] | None
+) -> AbstractContextManager[torch.nn.Module]:
+    """The context in which ``model`` is RL's reference policy: its adapters switched off
+    (``reference=None``, :func:`adapters_disabled`) or the starting adapter's tensors swapped in
+    (``reference`` = an :func:`adapter_snapshot`, :func:`adapter_weights`)."""
+    if reference is None:
+        return adapters_disabled(model)
+    return adapter_weights(model, reference)
+
+
 @torch.no_grad()
 def reference_logprobs(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
     completion_ids: torch.Tensor,
+    *,
+    reference: dict[str, torch.Tensor] | None = None,
     **kwargs: object,
 ) -> torch.Tensor:
-    """:func:`per_token_logprobs` of the base model (adapters switched off by
-    :func:`adapters_disabled`), without gradient: the reference policy of the KL term. Pass
-    the same generator seed as the policy's estimate so both see one mask."""
-    with adapters_disabled(model):
+    """:func:`per_token_logprobs` of the reference policy (:func:`reference_policy`: the base
+    model, or the model with the starting adapter ``reference``), without gradient: the
+    reference of the KL term. Pass the same generator seed as the policy's estimate so both
+    see one mask."""
+    with reference_policy(model, reference):
         return per_token_logprobs(model, prompt_ids, completion_ids, **kwargs)

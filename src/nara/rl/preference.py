@@ -11,8 +11,9 @@ noise passes through the log-sigmoid and biases the loss; VRPO cuts it without e
   reference (antithetic sampling): the two estimates share their noise, which then cancels in
   the difference. Both estimates run with the same seed, so the masks match by construction.
 
-The reference is the base model with the adapters switched off
-(:func:`nara.rl.adapters_disabled`), so no second copy of the weights is kept.
+The reference is the policy at the start of training without a second copy of the weights: the
+base model with the adapters switched off, or with the starting adapter's tensors swapped in
+(:func:`nara.rl.reference_policy`).
 
 Data: one ``{prompt, chosen, rejected}`` object per record, read by :func:`load_preferences`.
 Training: ``nara rl`` with ``rl.algorithm=vrpo`` runs :class:`VRPOTrainer`.
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from nara.data.collate import encode_pair
 from nara.data.records import RecordFormatError, _read_raw
 from nara.diffusion.likelihood import TokenIds, checked_pairs, elbo_samples_mean
-from nara.rl.estimators import adapters_disabled
+from nara.rl.estimators import reference_policy
 from nara.rl.trainer import RLTrainer
 from nara.training.config import ConfigError
 from nara.training.trainer import noise_seed
@@ -218,15 +219,18 @@ def vrpo_loss(
     n_samples: int = 8,
     seed: int = 0,
     batch_size: int = 16,
+    reference: dict[str, torch.Tensor] | None = None,
 ) -> PreferenceOutput:
     """VRPO: :func:`dpo_loss` on :func:`elbo_estimates` of the policy (``model`` with its
-    adapters, with gradient) and of the reference (the same model with its adapters off, no
+    adapters, with gradient) and of the reference (:func:`nara.rl.reference_policy`: the same
+    model with its adapters off, or with the adapter tensors ``reference`` swapped in; no
     gradient), both drawn with ``seed`` so they share timesteps and masks. Give each training
     step its own seed (e.g. derived from the step number).
 
     Raises:
         ValueError: as :func:`elbo_estimates` and :func:`dpo_loss`, and when the adapters
-            cannot be switched off (:func:`nara.rl.adapters_disabled`).
+            cannot be switched off (:func:`nara.rl.adapters_disabled`) or ``reference`` does
+            not fit them (:func:`nara.rl.adapter_weights`).
     """
     if not len(prompt_ids) == len(chosen_ids) == len(rejected_ids):
         raise ValueError(
@@ -236,7 +240,7 @@ def vrpo_loss(
     prompts = [*prompt_ids, *prompt_ids]
     answers = [*chosen_ids, *rejected_ids]  # one call: chosen rows first, then rejected
     kwargs = {"mask_token_id": mask_token_id, "seed": seed, "batch_size": batch_size}
-    with torch.no_grad(), adapters_disabled(model):
+    with torch.no_grad(), reference_policy(model, reference):
         ref = elbo_estimates(model, prompts, answers, n_samples, **kwargs)
     policy = elbo_estimates(model, prompts, answers, n_samples, **kwargs)
     n = len(prompt_ids)
@@ -304,6 +308,7 @@ class VRPOTrainer(RLTrainer):
                     beta=self.rl.beta,
                     n_samples=self.rl.elbo_samples,
                     seed=noise_seed(batch.seed, c),
+                    reference=self.reference,
                 )
             weight = len(part) / n  # the loss is a mean over pairs
             self.accelerator.backward(out.loss * weight)

@@ -13,8 +13,9 @@ and then makes ``rl.inner_iterations`` (μ) optimizer updates on them:
 - ``diffu_grpo``: group-normalised advantages; per update, the one-step per-token log-prob
   estimate (:func:`nara.rl.per_token_logprobs`: completion masked, prompt tokens masked with
   probability p) under the same prompt mask for all μ updates, the ratio to the estimate made
-  before the first update, clipping and the k3 KL to the base model with the adapter switched
-  off (:func:`nara.rl.reference_logprobs`): :func:`nara.rl.grpo_loss`.
+  before the first update, clipping and the k3 KL to the policy at the start of RL
+  (:func:`nara.rl.reference_logprobs`: the base model with the adapter switched off, or with
+  ``adapter.init_from``'s tensors swapped in): :func:`nara.rl.grpo_loss`.
 - ``wd1``: :func:`nara.rl.wd1_loss`, the ratio-free weighted log-likelihood.
 
 Everything else is :class:`nara.training.trainer.Trainer`'s: Accelerate, the output folder's
@@ -27,6 +28,7 @@ generators seeded by (seed, g), so a resumed run repeats an uninterrupted one ex
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ import torch
 
 from nara.data.records import Record
 from nara.rl.config import RLConfig
-from nara.rl.estimators import per_token_logprobs, reference_logprobs
+from nara.rl.estimators import adapter_snapshot, per_token_logprobs, reference_logprobs
 from nara.rl.losses import group_advantages, grpo_loss, wd1_loss
 from nara.rl.rewards import build_rewards, load_prompts
 from nara.training import checkpoint as ckpt
@@ -57,7 +59,7 @@ class Rollout:
         mask_seed: seeds the prompt masks of the log-prob estimates (chunk c: see
             :meth:`RLTrainer._mask_generator`).
         old_logp, ref_logp: float (N, L) or None: the policy's estimate before the first
-            update (only when μ > 1) and the base model's (only when β > 0).
+            update (only when μ > 1) and the reference policy's (only when β > 0).
     """
 
     prompt_ids: torch.Tensor
@@ -145,6 +147,9 @@ class RLTrainer(Trainer):
         self.num_train_examples = len(self.records)
 
     def _setup_optimization(self) -> None:
+        """Optimizer and schedule through Accelerate; then the reference policy: with
+        ``adapter.init_from`` a frozen copy of the starting adapter's tensors, taken on the
+        model's device before a resumed checkpoint replaces them (None: the adapter off)."""
         c = self.cfg
         optimizer = build_optimizer(
             self.model, lr=c.lr, hyper_lr=c.hyper_lr, betas=c.betas, weight_decay=c.weight_decay
@@ -158,6 +163,9 @@ class RLTrainer(Trainer):
             total_steps=self.total_steps,
         )
         self.scheduler = self.accelerator.prepare(scheduler)
+        self.reference = None
+        if self.init_meta is not None:
+            self.reference = adapter_snapshot(self.accelerator.unwrap_model(self.model))
 
     # ------------------------------------------------------------------ loop
 
@@ -278,8 +286,8 @@ class RLTrainer(Trainer):
     @torch.no_grad()
     def _fixed_logprobs(self, rollout: Rollout) -> None:
         """The estimates the μ updates compare against, without dropout: the policy's before
-        its first update (μ > 1; with μ = 1 the ratio is 1 by construction) and the base
-        model's (β > 0)."""
+        its first update (μ > 1; with μ = 1 the ratio is 1 by construction) and the reference
+        policy's (β > 0)."""
         rl = self.rl
         if rl.algorithm != "diffu_grpo":
             return
@@ -292,7 +300,7 @@ class RLTrainer(Trainer):
                     [self._logprobs(model, rollout, s, c) for c, s in chunks]
                 )
             if rl.beta > 0:
-                ref = reference_logprobs
+                ref = partial(reference_logprobs, reference=self.reference)
                 rollout.ref_logp = torch.cat(
                     [self._logprobs(model, rollout, s, c, ref) for c, s in chunks]
                 )
