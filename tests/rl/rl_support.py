@@ -35,14 +35,15 @@ def loaded(seed: int = 0) -> tuple[torch.nn.Module, object, int]:
     return LLaDAModelLM(tiny_config()), build_char_tokenizer(), MASK
 
 
-def recipe(folder: Path, *extra: str) -> RLConfig:
+def recipe(folder: Path, *extra: str, scorer: str | None = "exact") -> RLConfig:
     """diffu-GRPO with LoRA r=4: 2 prompts x 4 completions of 4 tokens, μ = 2, 4 updates, a
-    checkpoint every 2; ``extra`` overrides come last."""
+    checkpoint every 2; the file's answers scored by ``scorer`` (None: no rewards section);
+    ``extra`` overrides come last."""
     return load_rl_recipe(
         None,
         [
             f"data.source={sums_file(folder)}",
-            "rewards.scorer=exact",
+            *([f"rewards.scorer={scorer}"] if scorer else []),
             "adapter.method=lora",
             "adapter.r=4",
             "rl.group_size=4",

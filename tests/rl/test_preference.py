@@ -19,7 +19,7 @@ from nara.diffusion import log_likelihood
 from nara.diffusion.masking import local_mask_density
 from nara.models import LLaDAModelLM, tiny_config
 from nara.rl import adapters_disabled
-from nara.rl.config import load_rl_recipe
+from nara.rl.config import RLConfig, load_rl_recipe
 from nara.rl.preference import (
     PreferencePair,
     VRPOTrainer,
@@ -304,7 +304,7 @@ def _vrpo_recipe(folder, *extra: str):
     data = folder / "prefs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     overrides = [f"data.source={data}", "rl.algorithm=vrpo", "rl.inner_iterations=1"]
-    return recipe(folder, *overrides, "rl.beta=0.5", "rl.elbo_samples=4", *extra)
+    return recipe(folder, *overrides, "rl.beta=0.5", "rl.elbo_samples=4", *extra, scorer=None)
 
 
 def test_trainer_loss_is_vrpo_loss_on_its_pairs(tmp_path) -> None:
@@ -351,6 +351,24 @@ def test_nara_rl_vrpo_trains_and_logs_margins(tmp_path, method) -> None:
     assert all({"accuracy", "chosen_reward", "rejected_reward"} <= r.keys() for r in margins)
 
 
+def test_vrpo_from_an_sft_adapter_has_it_as_the_reference(tmp_path) -> None:
+    """With adapter.init_from the reference is the starting adapter, not the base: the first
+    update's margin is exactly 0 although the adapter is far from zero."""
+    from nara import save_adapters
+
+    sft = add_adapters(loaded(0)[0], LoRAConfig(r=4))
+    with torch.no_grad():
+        for name, p in sft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    save_adapters(sft, tmp_path / "sft")
+    config = _vrpo_recipe(tmp_path, f"adapter.init_from={tmp_path / 'sft'}", "adapter.dropout=0")
+    train_rl(config, loaded=loaded(0), show_progress=False)
+    margins = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "margin" in r]
+    assert margins[0]["margin"] == 0.0 and margins[0]["chosen_reward"] == 0.0
+    assert margins[-1]["margin"] != 0.0
+
+
 class Killed(Exception):
     pass
 
@@ -386,6 +404,9 @@ def test_killed_and_resumed_vrpo_run_ends_with_the_uninterrupted_weights(tmp_pat
         ("rl.inner_iterations=2", "1 with rl.algorithm=vrpo"),
         ("rl.clip_eps=0.1", "rl.clip_eps does not apply to rl.algorithm=vrpo"),
         ("rl.elbo_samples=0", "rl.elbo_samples = 0 is invalid"),
+        ("rl.max_length=1", "rl.max_length = 1 is invalid"),
+        ("rewards.correctness=1", "rewards.correctness does not apply to rl.algorithm=vrpo"),
+        ("rewards.scorer=exact", "rewards.scorer does not apply to rl.algorithm=vrpo"),
     ],
 )
 def test_bad_vrpo_recipe_keys_are_clear_errors(tmp_path, override: str, message: str) -> None:
@@ -393,6 +414,37 @@ def test_bad_vrpo_recipe_keys_are_clear_errors(tmp_path, override: str, message:
         _vrpo_recipe(tmp_path, override)
     with pytest.raises(ConfigError, match="rl.elbo_samples does not apply to rl.algorithm=wd1"):
         load_rl_recipe(None, ["rl.algorithm=wd1", "rl.elbo_samples=4", "training.max_steps=2"])
+    with pytest.raises(ConfigError, match="rl.max_length does not apply to rl.algorithm=diffu_"):
+        load_rl_recipe(None, ["rl.max_length=64", "training.max_steps=2"])
+
+
+@pytest.mark.parametrize("algorithm", ["vrpo", "wd1", "diffu_grpo"])
+def test_the_written_recipe_reads_back_as_the_same_recipe(tmp_path, algorithm) -> None:
+    """config.yaml and --print-config hold what from_dict accepts: no key the algorithm
+    refuses (another algorithm's rl keys; vrpo's rewards)."""
+    if algorithm == "vrpo":
+        config = _vrpo_recipe(tmp_path, "rl.max_length=40")
+    else:
+        config = recipe(tmp_path, f"rl.algorithm={algorithm}")
+    raw = config.to_dict()
+    assert ("rewards" in raw) == (algorithm != "vrpo")
+    assert RLConfig.from_dict(raw) == config
+
+
+def test_pairs_longer_than_the_limit_are_refused_never_cut(tmp_path) -> None:
+    """Pair "1+2=" → "3" is 4 + 2 tokens (answers end in EOS); the limit is rl.max_length or
+    the model's maximum sequence length (128 for the tiny config)."""
+    short = _vrpo_recipe(tmp_path, "rl.max_length=5")
+    with pytest.raises(ValueError, match=r"8 preference pair\(s\) are longer than rl.max_length 5 tokens.*id '0' \(6 tokens\).*raise rl.max_length"):  # fmt: skip
+        VRPOTrainer(short, loaded=loaded(0), show_progress=False)
+    VRPOTrainer(_vrpo_recipe(tmp_path, "rl.max_length=6"), loaded=loaded(0), show_progress=False).close()  # fmt: skip
+    with pytest.raises(ConfigError, match="rl.max_length=200 is more than the model's maximum sequence length 128"):  # fmt: skip
+        VRPOTrainer(_vrpo_recipe(tmp_path, "rl.max_length=200"), loaded=loaded(0), show_progress=False)  # fmt: skip
+    rows = [{"prompt": "1+2=", "chosen": "3" * 130, "rejected": "4", "id": "long"}]
+    (tmp_path / "long.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    config = _vrpo_recipe(tmp_path, f"data.source={tmp_path / 'long.jsonl'}")
+    with pytest.raises(ValueError, match="longer than the model's maximum sequence length 128 tokens.*id 'long' \\(135 tokens\\)"):  # fmt: skip
+        VRPOTrainer(config, loaded=loaded(0), show_progress=False)
 
 
 def test_a_malformed_preference_file_fails_before_the_model_loads(tmp_path) -> None:

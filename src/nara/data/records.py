@@ -124,8 +124,10 @@ FORMATS: dict[str, _Format] = {
 }
 
 
-def _read_raw(path: Path) -> list[tuple[str, Any]]:
-    """(location, parsed object) pairs from a JSON list, a JSONL or a CSV file."""
+def read_raw_records(path: Path) -> list[tuple[str, Any]]:
+    """(location, parsed object) pairs from a JSON list, a JSONL or a CSV file, before any
+    record format is checked (record parsers of other shapes, e.g. preference pairs, start
+    from these)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
@@ -275,7 +277,7 @@ def load_records(
         RecordFormatError: malformed file or record (the message names file, record and field).
     """
     path = Path(path)
-    return parse_records(_read_raw(path), format, source=str(path), columns=columns)
+    return parse_records(read_raw_records(path), format, source=str(path), columns=columns)
 
 
 def require_datasets(name: str) -> Any:

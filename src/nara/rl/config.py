@@ -37,7 +37,7 @@ ALGORITHMS = ("diffu_grpo", "wd1", "vrpo")
 ALGORITHM_KEYS = {
     "diffu_grpo": ("beta", "clip_eps"),
     "wd1": ("wd1_temperature",),
-    "vrpo": ("beta", "elbo_samples"),
+    "vrpo": ("beta", "elbo_samples", "max_length"),
 }
 # training keys of nara train that have no meaning here: refused when a recipe sets them
 SFT_ONLY = {
@@ -126,7 +126,7 @@ class RLSection(Section):
     NAME = "rl"
     algorithm: str = option(
         "diffu_grpo",
-        "diffu_grpo (clipped ratios + KL to the adapter-free base), wd1 (ratio-free "
+        "diffu_grpo (clipped ratios + KL to the policy at the start), wd1 (ratio-free "
         "weighted log-likelihood) or vrpo (DPO on ELBO estimates of a {prompt, chosen, "
         "rejected} file; docs/preference.md).",
         ALGORITHMS,
@@ -143,6 +143,11 @@ class RLSection(Section):
     )
     elbo_samples: int = option(
         8, "Monte-Carlo ELBO samples per answer (vrpo): that many timesteps, one mask each."
+    )
+    max_length: int | None = option(
+        None,
+        "Longest preference pair in tokens, prompt + the longer answer (vrpo): a longer pair is "
+        "an error naming it, never cut; none = the model's maximum sequence length.",
     )
     clip_eps: float = option(0.2, "Ratio clipping ε (diffu_grpo).")
     wd1_temperature: float = option(1.0, "Temperature of wd1's group softmax weights (wd1).")
@@ -179,6 +184,7 @@ class RLSection(Section):
         self._check("prompt_mask_prob", 0.0 <= self.prompt_mask_prob < 1.0, "in [0, 1)")
         self._check("beta", self.beta >= 0, ">= 0")
         self._check("elbo_samples", self.elbo_samples >= 1, ">= 1")
+        self._check("max_length", self.max_length is None or self.max_length >= 2, ">= 2 or none")
         if self.algorithm == "vrpo":
             self._check("beta", self.beta > 0, "> 0 with rl.algorithm=vrpo (DPO's β)")
             self._check(
@@ -313,18 +319,33 @@ class RLConfig:
                 raise ConfigError(
                     f"training.{key} does not apply to nara rl: {SFT_ONLY[key]}; remove it"
                 )
+        rl = RLSection.from_dict(raw.get("rl") or {})
+        rewards = raw.get("rewards")
+        if rl.algorithm == "vrpo" and rewards:
+            name = f"rewards.{next(iter(rewards))}" if isinstance(rewards, dict) else "rewards"
+            raise ConfigError(
+                f"{name} does not apply to rl.algorithm=vrpo: it trains on the preference pairs "
+                "of data.source and computes no reward; remove the rewards section"
+            )
         sections = {
-            name: SECTION_TYPES[name].from_dict(raw[name] or {}) for name in SECTIONS if name in raw
+            name: SECTION_TYPES[name].from_dict(raw[name] or {})
+            for name in SECTIONS
+            if name in raw and name != "rl"
         }
         output_dir = coerce(raw.get("output_dir", "runs/rl"), str, "output_dir")
-        return cls(**sections, output_dir=output_dir)
+        return cls(**sections, rl=rl, output_dir=output_dir)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (YAML-serialisable), the inverse of :meth:`from_dict`."""
+        """Plain nested dict (YAML-serialisable), the inverse of :meth:`from_dict`: the rl keys
+        of other algorithms and, for vrpo, the rewards section are left out (both refused)."""
         out: dict[str, Any] = {"model": dataclasses.asdict(self.model)}
         out["adapter"] = self.adapter.to_dict()
-        for name in ("data", "rl", "rewards"):
-            out[name] = dataclasses.asdict(getattr(self, name))
+        out["data"] = dataclasses.asdict(self.data)
+        own = ALGORITHM_KEYS[self.rl.algorithm]
+        other = {k for keys in ALGORITHM_KEYS.values() for k in keys if k not in own}
+        out["rl"] = {k: v for k, v in dataclasses.asdict(self.rl).items() if k not in other}
+        if self.rl.algorithm != "vrpo":
+            out["rewards"] = dataclasses.asdict(self.rewards)
         training = {k: v for k, v in dataclasses.asdict(self.training).items()}
         out["training"] = {k: v for k, v in training.items() if k not in SFT_ONLY}
         out["training"]["betas"] = list(training["betas"])

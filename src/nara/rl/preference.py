@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from nara.data.collate import encode_pair
-from nara.data.records import RecordFormatError, _read_raw
+from nara.data.records import RecordFormatError, read_raw_records
 from nara.diffusion.likelihood import TokenIds, checked_pairs, elbo_samples_mean
+from nara.diffusion.sampling import max_length
 from nara.rl.estimators import reference_policy
 from nara.rl.trainer import RLTrainer
 from nara.training.config import ConfigError
@@ -102,7 +103,7 @@ def load_preferences(path: str | Path) -> list[PreferencePair]:
     """Read preference records from a JSONL, JSON-list or CSV file (see
     :func:`parse_preferences` for what raises)."""
     path = Path(path)
-    return parse_preferences(_read_raw(path), source=str(path))
+    return parse_preferences(read_raw_records(path), source=str(path))
 
 
 @dataclass
@@ -125,6 +126,46 @@ def encode_preferences(
         rejected = encode_pair(tokenizer, pair.prompt, pair.rejected, chat_template=chat_template)
         out.append(EncodedPreference(chosen.prompt_ids, chosen.answer_ids, rejected.answer_ids))
     return out
+
+
+def pair_length(pair: EncodedPreference) -> int:
+    """Tokens of the longer of a pair's two sequences: prompt + chosen or prompt + rejected."""
+    return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+
+
+def check_pair_lengths(
+    pairs: Sequence[PreferencePair],
+    encoded: Sequence[EncodedPreference],
+    limit: int | None,
+    model_limit: int | None,
+    source: str,
+) -> None:
+    """Refuse pairs longer than ``limit`` (``rl.max_length``; None: ``model_limit``, the
+    model's maximum sequence length), so that no pair is ever cut to fit.
+
+    Raises:
+        ConfigError: ``limit`` above ``model_limit``.
+        ValueError: naming the longest pairs (id, tokens), how many there are, the limit and
+            the fixes.
+    """
+    if limit is not None and model_limit is not None and limit > model_limit:
+        raise ConfigError(
+            f"rl.max_length={limit} is more than the model's maximum sequence length "
+            f"{model_limit}; set rl.max_length <= {model_limit} or none"
+        )
+    limit = limit if limit is not None else model_limit
+    if limit is None:
+        return
+    lengths = [(pair_length(e), p.meta["id"]) for p, e in zip(pairs, encoded)]
+    long = sorted((x for x in lengths if x[0] > limit), key=lambda x: -x[0])  # file order on ties
+    if long:
+        shown = ", ".join(f"id {i!r} ({n} tokens)" for n, i in long[:3])
+        name = "rl.max_length" if limit != model_limit else "the model's maximum sequence length"
+        raise ValueError(
+            f"{source}: {len(long)} preference pair(s) are longer than {name} {limit} tokens "
+            f"(prompt + the longer answer), e.g. {shown}; pairs are never cut: shorten or drop "
+            "them" + (", or raise rl.max_length" if limit != model_limit else "")
+        )
 
 
 def elbo_estimates(
@@ -260,9 +301,11 @@ class VRPOTrainer(RLTrainer):
     ``training.batch_size`` pairs (per process) of ``data.source``, a file of
     ``{prompt, chosen, rejected}`` records, and minimises :func:`vrpo_loss` with
     ``rl.beta`` and ``rl.elbo_samples``, accumulated over chunks of ``rl.micro_batch_size``
-    pairs. Nothing is sampled and no reward is computed. The pair order ((seed, epoch)
-    permutations) and the ELBO draws (seeded by (seed, update, chunk)) depend only on the
-    recipe, so resume is exact as for the other algorithms."""
+    pairs. Nothing is sampled and no reward is computed. Every pair is tokenized once, after
+    the model loads, and one longer than ``rl.max_length`` (default: the model's maximum
+    sequence length) is an error, never cut. The pair order ((seed, epoch) permutations) and
+    the ELBO draws (seeded by (seed, update, chunk)) depend only on the recipe, so resume is
+    exact as for the other algorithms."""
 
     def _setup_data(self) -> None:
         """The pairs of ``data.source``; the keys that only name a task's prompts are refused."""
@@ -281,14 +324,25 @@ class VRPOTrainer(RLTrainer):
         self.task, self.rewards = None, None
         self.records = load_preferences(data.source)[: data.max_examples]
 
+    def _setup_model_data(self) -> None:
+        """Every pair tokenized as supervised fine-tuning does, its length checked."""
+        self.encoded = encode_preferences(
+            self.tokenizer, self.records, chat_template=self.config.data.chat_template
+        )
+        check_pair_lengths(
+            self.records,
+            self.encoded,
+            self.rl.max_length,
+            max_length(self.model),
+            self.config.data.source,
+        )
+
     def rollout(self) -> PreferenceBatch:
-        """The next update's pairs, tokenized as supervised fine-tuning does."""
+        """The next update's pairs."""
         acc = self.accelerator
         index = self.state.micro_batches * acc.num_processes + acc.process_index
         self.state.micro_batches += 1
-        pairs = encode_preferences(
-            self.tokenizer, self._prompts(index), chat_template=self.config.data.chat_template
-        )
+        pairs = [self.encoded[i] for i in self._order(index)]
         return PreferenceBatch(pairs, noise_seed(self.cfg.seed, index, salt=1))
 
     def _update_on(self, batch: PreferenceBatch) -> None:

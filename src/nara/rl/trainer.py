@@ -127,7 +127,7 @@ class RLTrainer(Trainer):
         from nara.runs import adapter_identity, sha256_file
 
         raw = self.config.to_dict()
-        fields = {k: raw[k] for k in ("model", "adapter", "data", "rl", "rewards")}
+        fields = {k: raw[k] for k in ("model", "adapter", "data", "rl", "rewards") if k in raw}
         fields["training"] = {k: v for k, v in raw["training"].items() if k not in _BOOKKEEPING}
         if self.config.adapter.init_from is not None:
             fields["init_adapter"] = adapter_identity(self.config.adapter.init_from)
@@ -215,12 +215,16 @@ class RLTrainer(Trainer):
         self._fixed_logprobs(rollout)
         return rollout
 
-    def _prompts(self, index: int) -> list[Record]:
-        """The ``batch_size`` records of global rollout ``index`` (one process's share)."""
+    def _order(self, index: int) -> list[int]:
+        """The indices into ``self.records`` of global rollout ``index`` (one process's
+        ``batch_size``)."""
         b = self.cfg.batch_size
-        start = index * b
         n, seed = len(self.records), self.cfg.seed
-        return [self.records[prompt_order(p, n, seed)] for p in range(start, start + b)]
+        return [prompt_order(p, n, seed) for p in range(index * b, (index + 1) * b)]
+
+    def _prompts(self, index: int) -> list[Record]:
+        """The records of global rollout ``index`` (one process's share)."""
+        return [self.records[i] for i in self._order(index)]
 
     @torch.no_grad()
     def _sample(
