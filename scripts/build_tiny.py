@@ -43,7 +43,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from nara.data.collate import Collator, Encoded
-from nara.data.corpus import FAMILIES, pretraining_corpus
+from nara.data.corpus import EMBEDDED_CORPUS_EXAMPLES, FAMILIES, pretraining_corpus
 from nara.data.embedded import embedded_tasks, load_embedded
 from nara.diffusion.loss import diffusion_loss
 from nara.diffusion.sampling import generate
@@ -64,7 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--examples", type=int, default=200_000, help="corpus size (examples)")
+    p.add_argument(
+        "--examples", type=int, default=EMBEDDED_CORPUS_EXAMPLES, help="corpus size (examples)"
+    )
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--d-model", type=int, default=192)
     p.add_argument("--n-layers", type=int, default=5)
@@ -425,8 +427,8 @@ LLaDA sampling, 24 tokens, 24 steps, blocks of 8):
 ```
 
 The embedded fine-tuning tasks (`nara.data.embedded`) ask for these skills in templates and
-answer formats absent from the corpus (option1/option2 sentences, word problems in new phrasings
-answered `The answer is N.`, `name = value` after assignments), as instruction tuning does with a base model: the
+answer formats absent from the corpus (option1/option2 sentences, the corpus's word problems
+answered `N is the answer.`, `name = value` after assignments), as instruction tuning does with a base model: the
 zero-shot scores above are low by design, and fine-tuning unlocks what pre-training taught.
 
 ## Options

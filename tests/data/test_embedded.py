@@ -15,8 +15,7 @@ THINGS = {t.name: t for t in WORLD}
 # Phrases that only the held-out tasks use (their new templates and operations).
 HELD_OUT_MARKERS = (
     "Option1", "option1/option2", "The _", "so the _", "did not fit into",
-    "After this Python code runs", " = value", "Answer format: The answer is N.", "bakes", "puts",
-    "on Monday", "Before that", "sells", "removes", "then lost",
+    "After this Python code runs", " = value",
 )  # fmt: skip
 
 
@@ -111,15 +110,6 @@ CORPUS_RULES = (  # (pattern, formula) written from the corpus templates' wordin
     (r"What is (\d+) plus (\d+)\?", lambda a, b: a + b),
     (r"What is (\d+) minus (\d+)\?", lambda a, b: a - b),
 )
-TASK_RULES = (  # (pattern, operation, operand order) from the task templates' wording
-    (r"bakes (\d+) \w+ and then bakes (\d+) more", "+", (0, 1)),
-    (r"shelf has (\d+) \w+\. \w+ puts (\d+)", "+", (0, 1)),
-    (r"collects (\d+) \w+ on Monday and (\d+)", "+", (0, 1)),
-    (r"gives \w+ (\d+) \w+\. Before that \w+ had (\d+)", "+", (1, 0)),
-    (r"has (\d+) \w+ and sells (\d+)", "-", (0, 1)),
-    (r"jar holds (\d+) \w+\. \w+ removes (\d+)", "-", (0, 1)),
-    (r"owned (\d+) \w+, then lost (\d+)", "-", (0, 1)),
-)
 
 
 def _corpus_value(question: str) -> int:
@@ -130,28 +120,35 @@ def _corpus_value(question: str) -> int:
     raise AssertionError(f"no rule for {question!r}")
 
 
-def _task_equation(question: str) -> str:
-    for pattern, op, order in TASK_RULES:
-        match = re.search(pattern, question)
-        if match:
-            x, y = (int(match[i + 1]) for i in order)
-            return f"{x} {op} {y} = {x + y if op == '+' else x - y}"
-    raise AssertionError(f"no rule for {question!r}")
-
-
 def test_arithmetic_answers_are_correct(corpus):
     for r in [r for r in corpus if r["family"] == "arithmetic"][:500]:
         assert int(r["answer"]) == _corpus_value(_body(r["prompt"])), r
     for r in load_embedded("arithmetic", "test") + load_embedded("arithmetic", "train")[:300]:
-        assert r["prompt"].endswith("\nAnswer format: The answer is N.\nAnswer:\n")
-        value = _task_equation(_body(r["prompt"])).rsplit(" ", 1)[1]
-        assert r["answer"] == f"The answer is {value}.", r
+        assert "Answer format" not in r["prompt"]  # the new format is only in the answers
+        assert r["answer"] == f"{_corpus_value(_body(r['prompt']))} is the answer.", r
+
+
+def test_arithmetic_prompts_are_new_to_the_embedded_model():
+    """The task draws its questions from the corpus generator; the ones the embedded model was
+    pre-trained on (the full corpus its model card names) are left out of every split."""
+    pretrained = {r["prompt"] for r in pretraining_corpus(200_000, seed=0)}
+    for split in SPLIT_SIZES:
+        assert not {r["prompt"] for r in load_embedded("arithmetic", split)} & pretrained
+
+
+def test_arithmetic_answer_format_absent_from_corpus(corpus):
+    assert not any("is the answer" in r["answer"] for r in corpus)
+
+
+def _equation(record: dict[str, str]) -> tuple[int, ...]:
+    """The numbers of the question and of its answer."""
+    return tuple(map(int, re.findall(r"\d+", _body(record["prompt"]) + " " + record["answer"])))
 
 
 def test_arithmetic_holds_out_whole_equations():
-    """No test equation (same operation and operands) is ever seen in fine-tuning."""
-    train = {_task_equation(_body(r["prompt"])) for r in load_embedded("arithmetic", "train")}
-    test = {_task_equation(_body(r["prompt"])) for r in load_embedded("arithmetic", "test")}
+    """No test equation (the same numbers in question and answer) is ever seen in fine-tuning."""
+    train = {_equation(r) for r in load_embedded("arithmetic", "train")}
+    test = {_equation(r) for r in load_embedded("arithmetic", "test")}
     assert test and not train & test
 
 

@@ -42,10 +42,11 @@ def test_every_method_loads_on_every_recipe(recipe, method, capsys):
 
 
 def test_targets_carry_over_only_between_methods_with_the_same_default_targets(capsys):
-    """LoRA keeps NaRA's q/k/v/attn_out (a fair comparison); (IA)3 rescales keys, values and the
-    MLP by design, so the recipe's attention targets give way to its own."""
+    """LoRA keeps NaRA's attention + MLP targets (a fair comparison); (IA)3 rescales keys, values
+    and the MLP by design, so the recipe's targets give way to its own."""
     lora = load_recipe(resolve_recipe("demo"), ["adapter.method=lora"]).adapter.build()
-    assert lora.target_modules == ["q_proj", "k_proj", "v_proj", "attn_out"]
+    recipe_targets = ["q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"]
+    assert lora.target_modules == recipe_targets
     capsys.readouterr()
     ia3 = load_recipe(resolve_recipe("demo"), ["adapter.method=ia3"]).adapter.build()
     assert ia3.target_modules == ["k_proj", "v_proj", "ff_out"]

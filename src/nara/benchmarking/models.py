@@ -36,7 +36,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out"]  # the paper's targets on L
 
 # scripts/build_tiny.py's defaults: the shape of the embedded model
 EMBEDDED_SHAPE = {
-    "d_model": 192, "n_heads": 4, "n_kv_heads": 4, "n_layers": 4,
+    "d_model": 192, "n_heads": 4, "n_kv_heads": 4, "n_layers": 5,
     "mlp_hidden_size": 512, "vocab_size": 1024, "embedding_size": 1024,
 }  # fmt: skip
 # the mid-size random model: LLaDA's 3× MLP, a small vocabulary so the head does not dominate

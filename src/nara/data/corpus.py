@@ -376,7 +376,13 @@ GENERATORS: dict[str, tuple[Callable[[random.Random], tuple[str, str]], ...]] = 
 }
 
 
-def pretraining_corpus(num_examples: int = 150_000, seed: int = 0) -> list[dict[str, str]]:
+# The embedded model's corpus: scripts/build_tiny.py's defaults (its model card records them).
+EMBEDDED_CORPUS_EXAMPLES = 200_000
+
+
+def pretraining_corpus(
+    num_examples: int = EMBEDDED_CORPUS_EXAMPLES, seed: int = 0
+) -> list[dict[str, str]]:
     """The pre-training corpus: ``num_examples`` records ``{prompt, answer, family}``.
 
     Families are drawn in the proportions of ``MIX`` (arithmetic half, the others a quarter

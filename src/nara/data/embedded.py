@@ -10,9 +10,9 @@ and fine-tuning has something to learn:
   true/false, solution1/2 and answer1..4). Half the sentences state the deciding fact (the model
   must read the cue); the others need the world's weights, sizes and uses from pre-training. The
   splits hold out whole object pairs, so memorising pairs does not help.
-- ``arithmetic``: one-step word problems (numbers 1-10) in phrasings the corpus never uses,
-  answered ``The answer is N.`` (the corpus answers a bare number). The splits hold out whole
-  equations (operation and operands), so the test sums are known only from pre-training.
+- ``arithmetic``: the corpus's one-step word problems (numbers 1-10) answered in a sentence,
+  ``N is the answer.`` (the corpus answers a bare number). The splits hold out whole equations
+  (the numbers of question and answer), so the test sums are known only from pre-training.
 - ``programs``: the value of a variable after two assignment lines, answered ``name = value``
   (the corpus asks what a ``print`` shows and answers the output alone).
 
@@ -27,13 +27,13 @@ Scorers: ``keyword`` (the first of ``choices`` in the output), ``number`` (the l
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import cache
 
 from nara.data.corpus import (
-    ITEMS,
     NAMES,
     TOOLS,
     VARS,
@@ -41,10 +41,12 @@ from nara.data.corpus import (
     WORLD,
     Thing,
     distinct,
+    pretraining_corpus,
     render_prompt,
     run_snippet,
     well_separated,
 )
+from nara.data.corpus import arithmetic_example as corpus_arithmetic
 
 SPLITS = ("train", "validation", "test")
 SPLIT_SIZES = {"train": 2000, "validation": 200, "test": 200}
@@ -57,7 +59,9 @@ Generator = Callable[[random.Random], tuple[Hashable, str, str]]
 @dataclass(frozen=True)
 class TaskSpec:
     """One embedded task. ``choices`` lists the answer keywords when ``scorer == "keyword"``;
-    ``gen_length`` is the number of tokens evaluation generates (the longest answer plus room)."""
+    ``gen_length`` is the number of tokens evaluation generates (the longest answer plus room);
+    ``from_corpus`` marks a task whose prompts the corpus can produce too: prompts the embedded
+    model was pre-trained on are then left out, so every task prompt is new to the model."""
 
     name: str
     description: str
@@ -67,6 +71,7 @@ class TaskSpec:
     seed: int = 0
     gen_length: int = 16
     splits: tuple[str, ...] = SPLITS
+    from_corpus: bool = False  # prompts drawn from the corpus: skip those pre-training used
 
 
 # ---------------------------------------------------------------- commonsense: option1/option2
@@ -121,38 +126,22 @@ def commonsense_example(rng: random.Random) -> tuple[Hashable, str, str]:
     return key, instruction, f"option{pair.index(target) + 1}"
 
 
-# ---------------------------------------------------------------- arithmetic: new phrasings
-
-# One-step word problems in phrasings the corpus never uses.
-# Each template: (text with {name} {other} {item} {a} {b} {total}, operation).
-ARITHMETIC_TEMPLATES = (
-    ("{name} bakes {a} {item}s and then bakes {b} more. How many {item}s did {name} bake?", "+"),
-    ("A shelf has {a} {item}s. {name} puts {b} {item}s on the shelf. How many {item}s are on the shelf now?", "+"),
-    ("{name} collects {a} {item}s on Monday and {b} on Tuesday. How many {item}s does {name} have?", "+"),
-    ("{other} gives {name} {b} {item}s. Before that {name} had {a}. How many {item}s does {name} have now?", "+"),
-    ("{name} has {total} {item}s and sells {b} of them. How many {item}s are left?", "-"),
-    ("A jar holds {total} {item}s. {name} removes {b}. How many {item}s stay in the jar?", "-"),
-    ("{name} owned {total} {item}s, then lost {b}. How many {item}s does {name} own now?", "-"),
-)  # fmt: skip
+# ---------------------------------------------------------------- arithmetic: a new answer format
 
 
 def arithmetic_example(rng: random.Random) -> tuple[Hashable, str, str]:
-    """A word problem answered ``The answer is N.``
+    """A pre-training word problem answered ``N is the answer.``
 
-    The corpus teaches the sums and differences (numbers 1-10, answer a bare number); here they
-    are asked in new phrasings and a new answer format. (A pilot answering with the equation
-    ``a + b = c`` was dropped: 80 LoRA updates on the v1 model learned its shape but never copied
-    the operands.) The split key is the operation and its operands, so no test equation is ever
-    seen in fine-tuning.
+    The question is a :func:`nara.data.corpus.arithmetic_example` draw (the corpus answers the
+    bare number); the new format is the sentence around the number. The split key is the numbers
+    of the question and its answer, so no test equation is ever fine-tuned on. Pilots on the
+    embedded model (docs/results/embedded_v2/pilots.md) showed why the number stays first and
+    the prompt carries no format line: the model's arithmetic is tied to the corpus layout, and
+    one extra prompt line or a number moved later in the answer loses most of it.
     """
-    name, other = distinct(rng, NAMES, 2)
-    a, b = rng.randint(1, 10), rng.randint(1, 10)
-    template, op = rng.choice(ARITHMETIC_TEMPLATES)
-    question = template.format(
-        name=name, other=other, item=rng.choice(ITEMS), a=a, b=b, total=a + b
-    )
-    value = a + b if op == "+" else a
-    return (op, a, b), f"{question}\nAnswer format: The answer is N.", f"The answer is {value}."
+    question, value = corpus_arithmetic(rng)
+    key = (*map(int, re.findall(r"\d+", question)), int(value))
+    return key, question, f"{value} is the answer."
 
 
 # ---------------------------------------------------------------- programs: value of a variable
@@ -207,10 +196,11 @@ def embedded_tasks() -> dict[str, TaskSpec]:
         ),
         TaskSpec(
             "arithmetic",
-            "one-step word problems in new phrasings; answer 'The answer is N.'",
+            "one-step word problems; answer 'N is the answer.'",
             "exact",
             arithmetic_example,
             seed=202,
+            from_corpus=True,
         ),
         TaskSpec(
             "programs",
@@ -243,11 +233,16 @@ def split_of(key: Hashable) -> str:
 
 
 @cache
+def _pretraining_prompts() -> frozenset[str]:
+    return frozenset(r["prompt"] for r in pretraining_corpus())
+
+
+@cache
 def _generate(name: str, seed: int) -> dict[str, tuple[tuple[str, str], ...]]:
     spec = embedded_tasks()[name]
     rng = random.Random(seed)
     out: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
-    seen: set[str] = set()
+    seen = set(_pretraining_prompts()) if spec.from_corpus else set()
     for _ in range(200 * sum(SPLIT_SIZES.values())):
         key, instruction, answer = spec.generator(rng)
         split = split_of(key)
