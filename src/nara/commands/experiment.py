@@ -47,11 +47,14 @@ def run(args: argparse.Namespace) -> int:
 
     grid = load_grid(args.config, args.overrides)
     only = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    if args.dry_run:
-        for r in grid.runs(only):
+    from nara.experiments import runner
+
+    if args.dry_run:  # a sweep grid: its sweep runs, then each seed at the chosen rate
+        for r in grid.sweep_runs(only):
+            print(f"{r.task}\t{r.label}\tsweep lr {r.lr:g}\tseed {r.seed}\t{r.run_dir}")
+        for r in grid.runs(only, lrs=runner.select_lrs(grid, only)):
             print(f"{r.task}\t{r.label}\tseed {r.seed}\t{r.run_dir}")
         return 0
-    from nara.experiments import runner
 
     if args.report:
         print(runner.report(grid))

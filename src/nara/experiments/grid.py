@@ -20,6 +20,16 @@ A grid file has these keys (see configs/experiments/methods.yaml for a commented
   mdlm; default: the model family's) and Dream's ``top_p``, ``top_k``, ``alg_temp``.
 - ``profile``: ``enabled``, ``examples``, ``bins``, ``samples_per_bin``, ``seed`` of the noise
   profile drawn per task (first seed's adapters vs the base).
+- ``lr_sweep``: optional ``{lrs: [...], seed: S}``, a per-method learning-rate sweep, so that no
+  method is reported as not learning for want of a rate. Each (task, method label) first trains
+  once per rate in ``lrs`` on seed ``S`` (default: the first of ``seeds``), with the shared recipe
+  otherwise unchanged; the rate of the lowest best VALIDATION loss is chosen (the test split is
+  never read to choose; ties go to the earlier rate; a diverged run, NaN, never wins); then every
+  seed trains and is scored at that rate. The sweep run at the chosen rate IS the seed-``S`` run
+  (same recipe, same folder), so it is evaluated, not trained again. Runs of a sweep grid live in
+  ``<task>/<label>/lr<rate>/seed<S>/``; a sweep run is finished once its ``sweep.json`` exists
+  (skipped when the grid runs again, a killed one resumes from its checkpoint like any run). The
+  recipe must validate (``data.val_max_examples`` above 0).
 
 Overrides are dotted ``key=value`` strings whose value is read as YAML:
 ``recipe.training.max_steps=10``, ``seeds=[0]``, ``methods.lora.r=4``, ``evaluation.limit=20``.
@@ -45,6 +55,7 @@ KEYS = (
     "ablation",
     "evaluation",
     "profile",
+    "lr_sweep",
 )
 EVALUATION_DEFAULTS = {"limit": 100, "batch_size": 32, "gen_length": None, "steps": None}
 # optional sampler settings of the evaluation: recorded only when given, so grids evaluated before
@@ -71,6 +82,7 @@ class RunSpec:
     seed: int
     run_dir: Path
     recipe: dict[str, Any] | None
+    lr: float | None = None  # the learning rate of a sweep grid's run (None: the recipe's)
 
     @property
     def is_base(self) -> bool:
@@ -90,10 +102,15 @@ class Grid:
     ablation: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, Any] = field(default_factory=dict)
+    lr_sweep: dict[str, Any] | None = None  # {lrs, seed}: see the module docstring
 
     @property
     def root(self) -> Path:
         return self.output / self.name
+
+    @property
+    def default_lr(self) -> float:
+        return float((self.recipe.get("training") or {}).get("lr", 3e-4))
 
     def labels(self) -> list[str]:
         """Method labels in grid order: each method, then its ablation variants."""
@@ -115,10 +132,8 @@ class Grid:
                     out.append((f"{label}-{variant}", {**spec, **fields}))
         return out
 
-    def runs(self, only: list[str] | None = None) -> list[RunSpec]:
-        """Every run, seed-major (all tasks and methods of the first seed, then the next, so a
-        grid stopped early still holds whole seeds); the base runs once per task (greedy
-        decoding: no seed effect).
+    def _selected(self, only: list[str] | None) -> list[tuple[str, dict[str, Any]]]:
+        """The combinations of the ``only`` labels (or method names), all without ``only``.
 
         Raises:
             ValueError: ``only`` names a label the grid does not have.
@@ -128,20 +143,60 @@ class Grid:
         unknown = sorted(set(only or []) - set(known) - set(self.methods))
         if unknown:
             raise ValueError(f"--methods {unknown} are not in the grid; its methods: {known}")
+        if not only:
+            return combos
+        return [(lb, spec) for lb, spec in combos if lb in only or lb.split("-", 1)[0] in only]
+
+    def _run(self, task: str, label: str, spec: dict, seed: int, lr: float | None) -> RunSpec:
+        """One run; ``lr`` (sweep grids only) sets the recipe's rate and the ``lr<rate>`` folder."""
+        where = self.root / task / label
+        if spec["method"] == BASE:
+            return RunSpec(task, label, seed, where / f"seed{seed}", None)
+        run_dir = where / f"seed{seed}" if lr is None else where / f"lr{lr:g}" / f"seed{seed}"
+        recipe = self.run_recipe(spec, self.tasks[task], seed, run_dir)
+        if lr is not None:
+            recipe["training"]["lr"] = lr
+        return RunSpec(task, label, seed, run_dir, recipe, lr)
+
+    def runs(
+        self, only: list[str] | None = None, lrs: dict[tuple[str, str], float] | None = None
+    ) -> list[RunSpec]:
+        """Every run, seed-major (all tasks and methods of the first seed, then the next, so a
+        grid stopped early still holds whole seeds); the base runs once per task (greedy
+        decoding: no seed effect).
+
+        Args:
+            only: method labels (or method names, for all their variants) to list.
+            lrs: a sweep grid's chosen rate per ``(task, label)`` (see
+                :func:`nara.experiments.runner.select_lrs`); a pair not in it is listed at the
+                recipe's rate. Unused without ``lr_sweep``.
+
+        Raises:
+            ValueError: ``only`` names a label the grid does not have.
+        """
         runs = []
-        for task, spec_of_task in self.tasks.items():
-            for label, spec in combos:
-                base_label = label.split("-", 1)[0]
-                if only and label not in only and base_label not in only:
-                    continue
+        for task in self.tasks:
+            for label, spec in self._selected(only):
                 seeds = self.seeds[:1] if spec["method"] == BASE else self.seeds
-                for seed in seeds:
-                    run_dir = self.root / task / label / f"seed{seed}"
-                    recipe = None
-                    if spec["method"] != BASE:
-                        recipe = self.run_recipe(spec, spec_of_task, seed, run_dir)
-                    runs.append(RunSpec(task, label, seed, run_dir, recipe))
+                lr = None
+                if self.lr_sweep:
+                    lr = (lrs or {}).get((task, label), self.default_lr)
+                runs += [self._run(task, label, spec, seed, lr) for seed in seeds]
         return sorted(runs, key=lambda run: self.seeds.index(run.seed))  # stable: keeps order
+
+    def sweep_runs(self, only: list[str] | None = None) -> list[RunSpec]:
+        """The learning-rate sweep's runs (none without ``lr_sweep``): every trained label of
+        every task at every rate, on the sweep seed, task-major."""
+        if not self.lr_sweep:
+            return []
+        seed = self.lr_sweep["seed"]
+        return [
+            self._run(task, label, spec, seed, float(lr))
+            for task in self.tasks
+            for label, spec in self._selected(only)
+            if spec["method"] != BASE
+            for lr in self.lr_sweep["lrs"]
+        ]
 
     def run_recipe(
         self, spec: dict[str, Any], task: dict[str, Any], seed: int, run_dir: Path
@@ -173,7 +228,8 @@ class Grid:
         from nara.training.config import DataSection
         from nara.training.data import check_sources
 
-        recipes = [run.recipe for run in self.runs(only) if run.recipe is not None]
+        runs = [*self.sweep_runs(only), *self.runs(only)]
+        recipes = [run.recipe for run in runs if run.recipe is not None]
         sections = {yaml.safe_dump(r.get("data") or {}): r.get("data") or {} for r in recipes}
         for data in sections.values():
             check_sources(DataSection.from_dict(data))
@@ -279,10 +335,45 @@ def grid_from_dict(raw: dict[str, Any], *, default_name: str = "grid") -> Grid:
         raise ValueError("a grid needs at least one task, one seed and one method")
     from nara.training.config import RecipeConfig
 
-    for run in grid.runs():
+    grid.lr_sweep = _lr_sweep(raw.get("lr_sweep"), grid)
+    for run in [*grid.runs(), *grid.sweep_runs()]:
         if run.recipe is not None:
             RecipeConfig.from_dict(run.recipe)  # raises ConfigError naming the bad key
     return grid
+
+
+def _lr_sweep(raw: Any, grid: Grid) -> dict[str, Any] | None:
+    """The ``lr_sweep`` section checked: ``{lrs: [positive rates], seed: int}`` or None.
+
+    Raises:
+        ValueError: unknown keys, no rates, a rate that is not a positive number, or a recipe
+            without validation (the sweep chooses by validation loss).
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"lrs", "seed"}:
+        raise ValueError(
+            f"lr_sweep must be a mapping with 'lrs' and optionally 'seed', got {raw!r}"
+        )
+    lrs = raw.get("lrs")
+    if not isinstance(lrs, list) or not lrs:
+        raise ValueError(
+            f"lr_sweep.lrs must be a non-empty list of rates, e.g. [1e-3, 3e-3], got {lrs!r}"
+        )
+    for lr in lrs:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise ValueError(f"lr_sweep.lrs: {lr!r} is not a positive learning rate; e.g. 3e-3")
+    if len({float(lr) for lr in lrs}) != len(lrs):
+        raise ValueError(f"lr_sweep.lrs {lrs} repeats a rate; list each once")
+    if (grid.recipe.get("data") or {}).get("val_max_examples", 1) == 0:
+        raise ValueError(
+            "lr_sweep chooses each method's rate by validation loss, but recipe.data."
+            "val_max_examples is 0; set it above 0 (e.g. 64) or remove lr_sweep"
+        )
+    seed = raw.get("seed", grid.seeds[0])
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"lr_sweep.seed must be an integer seed, got {seed!r}")
+    return {"lrs": [float(lr) for lr in lrs], "seed": seed}
 
 
 def _evaluation(raw: dict[str, Any]) -> dict[str, Any]:

@@ -4,11 +4,16 @@ Each run lives in ``<output>/<grid>/<task>/<method>/seed<S>/``: the trainer's fi
 metrics.jsonl, final/ adapter), ``eval/`` (per-example predictions of the test split) and
 ``metrics.json``, written last. A run with ``metrics.json`` is finished and skipped; a run without
 it continues from its newest checkpoint (``training.resume=latest``), or, if training finished,
-goes straight to evaluation (which itself resumes per example).
+goes straight to evaluation (which itself resumes per example). A grid with ``lr_sweep`` first
+trains its sweep runs (each finished once its ``sweep.json`` is written; never scored on the test
+split), chooses each method's rate by validation loss (:func:`select_lrs`), then runs every seed at
+that rate; the sweep run at the chosen rate is the sweep seed's run, evaluated without retraining.
 
 The report (``results.md``, ``results.json``) gives mean ± std over seeds (sample std, ddof 1)
 of test accuracy and best validation loss per method and task, the trainable parameters of each
-method, and per task a noise profile of each method's first-seed adapter against the base.
+method, the paired (same-seed) accuracy difference of each method to LoRA, the sweep's validation
+losses and chosen rates, and per task a noise profile of each method's first-seed adapter against
+the base.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from nara.experiments.grid import EVALUATION_SAMPLER_KEYS, Grid, RunSpec
+from nara.experiments.grid import BASE, EVALUATION_SAMPLER_KEYS, Grid, RunSpec
 
 METRICS = "metrics.json"
+SWEEP = "sweep.json"  # a finished learning-rate sweep run: its validation loss, no test score
+REFERENCE = "lora"  # the label paired differences are taken against
 
 
 def _loaded_copy(base: tuple[Any, Any, int]) -> tuple[Any, Any, int]:
@@ -100,7 +107,8 @@ def _train(run: RunSpec, base: tuple[Any, Any, int], progress: bool) -> tuple[An
 
     final = run.run_dir / "final"
     start = time.perf_counter()
-    if (final / "adapter_config.json").is_file():  # trained before, evaluation was interrupted
+    trained_before = (final / "adapter_config.json").is_file()
+    if trained_before:  # evaluation was interrupted, or this is a sweep run's adapter
         model = load_adapters(_loaded_copy(base)[0], final)
     else:
         trainer = Trainer(
@@ -118,6 +126,8 @@ def _train(run: RunSpec, base: tuple[Any, Any, int], progress: bool) -> tuple[An
         "best_val_loss": min(vals) if vals else None,
         "train_seconds": round(time.perf_counter() - start, 2),
     }
+    if trained_before and (run.run_dir / SWEEP).is_file():  # trained by the sweep: its time
+        facts["train_seconds"] = json.loads((run.run_dir / SWEEP).read_text())["train_seconds"]
     return model, facts
 
 
@@ -126,8 +136,9 @@ def run_fields(run: RunSpec, grid: Grid) -> dict[str, Any]:
     return {"recipe": None if run.is_base else run.recipe, "evaluation": dict(grid.evaluation)}
 
 
-def check_finished(run: RunSpec, grid: Grid) -> None:
-    """Refuse to skip a finished run whose recorded settings differ from the grid's now.
+def check_finished(run: RunSpec, grid: Grid, record: str = METRICS) -> None:
+    """Refuse to skip a finished run (``record``: its metrics.json, or a sweep run's sweep.json)
+    whose recorded settings differ from the grid's now.
 
     Raises:
         RunFolderError: the run folder holds metrics of other settings (each differing field
@@ -135,8 +146,9 @@ def check_finished(run: RunSpec, grid: Grid) -> None:
     """
     from nara.runs import RunFolderError, canonical_json, differing_fields
 
-    saved = json.loads((run.run_dir / METRICS).read_text()).get("run")
-    diffs = differing_fields(saved or {}, json.loads(canonical_json(run_fields(run, grid))))
+    fields = run_fields(run, grid) if record == METRICS else {"recipe": run.recipe}
+    saved = json.loads((run.run_dir / record).read_text()).get("run")
+    diffs = differing_fields(saved or {}, json.loads(canonical_json(fields)))
     if saved is None or diffs:
         what = "; ".join(diffs) if saved else "no run record (an older nara)"
         raise RunFolderError(
@@ -166,6 +178,7 @@ def run_one(run: RunSpec, grid: Grid, base: tuple[Any, Any, int], progress: bool
         "accuracy": summary["score"],
         "examples": summary["n"],
         "trainable_params": params,
+        "lr": None if run.is_base else run.recipe["training"].get("lr"),
         **facts,
         "eval_seconds": round(time.perf_counter() - start, 2),
     }
@@ -174,10 +187,59 @@ def run_one(run: RunSpec, grid: Grid, base: tuple[Any, Any, int], progress: bool
     return metrics
 
 
+def train_sweep_run(run: RunSpec, base: tuple[Any, Any, int], progress: bool = False) -> dict:
+    """Train (or resume) one learning-rate sweep run and write its ``sweep.json``: the best
+    validation loss the rate is chosen by. The test split is not touched."""
+    _, facts = _train(run, base, progress)
+    record = {"run": {"recipe": run.recipe}, "task": run.task, "method": run.label,
+              "seed": run.seed, "lr": run.lr, **facts}  # fmt: skip
+    (run.run_dir / SWEEP).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def sweep_records(grid: Grid, only: list[str] | None = None) -> list[dict[str, Any]]:
+    """The sweep.json of every finished sweep run, each checked against the grid's settings."""
+    finished = [r for r in grid.sweep_runs(only) if (r.run_dir / SWEEP).is_file()]
+    for run in finished:
+        check_finished(run, grid, SWEEP)
+    return [json.loads((r.run_dir / SWEEP).read_text()) for r in finished]
+
+
+def select_lrs(grid: Grid, only: list[str] | None = None) -> dict[tuple[str, str], float]:
+    """The chosen rate per ``(task, label)`` whose sweep has finished at every rate: the rate of
+    the lowest best VALIDATION loss (ties: the earlier rate in ``lr_sweep.lrs``; a run without a
+    finite validation loss, e.g. diverged, never wins). Test scores are never read.
+
+    Raises:
+        ValueError: every rate of a pair lacks a finite validation loss (nothing to choose by).
+    """
+    if not grid.lr_sweep:
+        return {}
+    rates = grid.lr_sweep["lrs"]
+    by_pair: dict[tuple[str, str], dict[float, float]] = {}
+    for rec in sweep_records(grid, only):
+        val = rec.get("best_val_loss")
+        val = float(val) if val is not None and np.isfinite(val) else float("inf")
+        by_pair.setdefault((rec["task"], rec["method"]), {})[float(rec["lr"])] = val
+    chosen = {}
+    for pair, losses in by_pair.items():
+        if len(losses) < len(rates):
+            continue  # the sweep of this pair is unfinished
+        best = min(rates, key=lambda lr: losses[lr])  # min keeps the first of equal losses
+        if not np.isfinite(losses[best]):
+            raise ValueError(
+                f"lr_sweep of {pair[1]} on {pair[0]}: no rate in {rates} gave a finite "
+                "validation loss; add smaller rates to lr_sweep.lrs"
+            )
+        chosen[pair] = best
+    return chosen
+
+
 def read_results(grid: Grid) -> list[dict[str, Any]]:
-    """The metrics.json of every finished run of the grid, each checked against the grid's
-    settings now (:func:`check_finished`), so a report never shows another run's results."""
-    finished = [r for r in grid.runs() if (r.run_dir / METRICS).is_file()]
+    """The metrics.json of every finished run of the grid (sweep grids: at the chosen rates),
+    each checked against the grid's settings now (:func:`check_finished`), so a report never
+    shows another run's results."""
+    finished = [r for r in grid.runs(lrs=select_lrs(grid)) if (r.run_dir / METRICS).is_file()]
     for run in finished:
         check_finished(run, grid)
     return [json.loads((r.run_dir / METRICS).read_text()) for r in finished]
@@ -209,12 +271,48 @@ def aggregate(grid: Grid, rows: list[dict[str, Any]]) -> dict[str, Any]:
             acc = [r["accuracy"] for r in runs]
             val = [r["best_val_loss"] for r in runs if r.get("best_val_loss") is not None]
             per_task[task] = {"accuracy": acc, "val_loss": val, "seeds": [r["seed"] for r in runs]}
+            if runs and runs[0].get("lr") is not None:
+                per_task[task]["lr"] = runs[0]["lr"]
         out[label] = {"trainable_params": mine[0]["trainable_params"], "tasks": per_task}
     return out
 
 
+def paired_differences(summary: dict[str, Any], label: str, task: str) -> list[float]:
+    """Accuracy of ``label`` minus LoRA's on the same seed, for the seeds both have."""
+    if REFERENCE not in summary or label == REFERENCE:
+        return []
+    mine, ref = summary[label]["tasks"][task], summary[REFERENCE]["tasks"][task]
+    ref_by_seed = dict(zip(ref["seeds"], ref["accuracy"], strict=True))
+    return [a - ref_by_seed[s] for s, a in zip(mine["seeds"], mine["accuracy"], strict=True)
+            if s in ref_by_seed]  # fmt: skip
+
+
+def render_sweep(grid: Grid, records: list[dict[str, Any]], chosen: dict) -> str:
+    """Markdown: each method's best validation loss per swept rate, and the rate chosen."""
+    rates = grid.lr_sweep["lrs"]
+    lines = [
+        f"Learning-rate sweep (seed {grid.lr_sweep['seed']}): best validation loss per rate; "
+        "each method runs every seed at the rate of the lowest (validation only, never test).",
+        "",
+        "| task | method | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |",
+        "|---|---|" + "---:|" * (len(rates) + 1),
+    ]
+    loss = {(r["task"], r["method"], float(r["lr"])): r.get("best_val_loss") for r in records}
+    for task in grid.tasks:
+        for label in grid.labels():
+            if not any((task, label, lr) in loss for lr in rates):
+                continue
+            cells = [loss.get((task, label, lr)) for lr in rates]
+            text = ["–" if v is None else f"{v:.4f}" for v in cells]
+            pick = chosen.get((task, label))
+            lines.append(f"| {task} | {label} | " + " | ".join(text)
+                         + f" | {'–' if pick is None else f'{pick:g}'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def render_table(grid: Grid, summary: dict[str, Any]) -> str:
-    """Markdown: test accuracy (%) and best validation loss, mean ± std over seeds."""
+    """Markdown: test accuracy (%), paired differences to LoRA and best validation loss, mean ±
+    std over seeds; with a sweep, each cell's chosen rate."""
     tasks = list(grid.tasks)
     seeds = ", ".join(map(str, grid.seeds))
     lines = [
@@ -225,6 +323,9 @@ def render_table(grid: Grid, summary: dict[str, Any]) -> str:
     ]
     for label, entry in summary.items():
         cells = [_cell(entry["tasks"][t]["accuracy"], 2) for t in tasks]
+        if grid.lr_sweep:
+            cells = [c + (f" (lr {entry['tasks'][t]['lr']:g})" if "lr" in entry["tasks"][t] else "")
+                     for c, t in zip(cells, tasks, strict=True)]  # fmt: skip
         means = [
             np.mean(entry["tasks"][t]["accuracy"]) for t in tasks if entry["tasks"][t]["accuracy"]
         ]
@@ -232,6 +333,14 @@ def render_table(grid: Grid, summary: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | {entry['trainable_params']:,} | " + " | ".join(cells) + f" | {avg} |"
         )
+    if REFERENCE in summary and len(summary) > 2:
+        lines += ["", f"Paired difference to {REFERENCE} (accuracy points, same seed), mean ± "
+                  "std over the seeds both have.", ""]  # fmt: skip
+        lines += ["| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+        for label in summary:
+            if label not in (BASE, REFERENCE):
+                diffs = [_cell(paired_differences(summary, label, t), 2) for t in tasks]
+                lines.append(f"| {label} | " + " | ".join(diffs) + " |")
     lines += ["", "Best validation loss (diffusion loss per answer token), mean ± std.", ""]
     lines += ["| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
     for label, entry in summary.items():
@@ -252,7 +361,7 @@ def profile_task(grid: Grid, task: str, base: tuple[Any, Any, int]) -> Path | No
     out = grid.root / task / "profile"
     adapters = {
         r.label: r.run_dir / "final"
-        for r in grid.runs()
+        for r in grid.runs(lrs=select_lrs(grid))
         if r.task == task and not r.is_base and r.seed == grid.seeds[0]
         if (r.run_dir / "final" / "adapter_config.json").is_file()
     }
@@ -282,6 +391,11 @@ def report(grid: Grid) -> str:
     """Write ``results.md`` and ``results.json`` from the finished runs; returns the markdown."""
     summary = aggregate(grid, read_results(grid))
     table = render_table(grid, summary)
+    if grid.lr_sweep:
+        records, chosen = sweep_records(grid), select_lrs(grid)
+        table += "\n\n" + render_sweep(grid, records, chosen)
+        summary = {**summary, "lr_sweep": [{k: v for k, v in r.items() if k != "run"}
+                                           for r in records]}  # fmt: skip
     profiles = [
         f"![{task}]({task}/profile/profile.png)"
         for task in grid.tasks
@@ -318,8 +432,18 @@ def run_grid(
     """
     grid.check_data(only)  # a missing data file stops the grid before the model loads
     base = base or load_base(grid)
-    runs = grid.runs(only)
     start = time.perf_counter()
+    sweep = grid.sweep_runs(only)
+    for i, run in enumerate(sweep, 1):
+        where = f"[sweep {i}/{len(sweep)}] {run.task} {run.label} lr {run.lr:g} seed {run.seed}"
+        if (run.run_dir / SWEEP).is_file():
+            check_finished(run, grid, SWEEP)
+            log(f"{where}: done, skipped")
+            continue
+        t0 = time.perf_counter()
+        rec = train_sweep_run(run, base, progress)
+        log(f"{where}: best val loss {rec['best_val_loss']}, {time.perf_counter() - t0:.1f} s")
+    runs = grid.runs(only, lrs=select_lrs(grid, only))
     for i, run in enumerate(runs, 1):
         where = f"[{i}/{len(runs)}] {run.task} {run.label} seed {run.seed}"
         if (run.run_dir / METRICS).is_file():
