@@ -421,10 +421,12 @@ def test_the_methods_grid_and_recipes_build_each_method():
         config = RecipeConfig.from_dict(recipes[label]).adapter.build()
         counts[label] = nara.trainable_parameters(nara.add_adapters(llada(), config)).trainable
     d, mlp, kv, layers = 64, 128, 32, 2  # tiny_config()
-    assert counts["prefix_tuning"] == 32 * layers * 2 * kv
-    assert counts["bottleneck"] == layers * 2 * (2 * 16 * d + 16 + d)  # attn_out, ff_out: d → d
+    tokens = grid.methods["prefix_tuning"]["num_virtual_tokens"]
+    r, rp = grid.methods["bottleneck"]["r"], grid.methods["bottleneck_parallel"]["r"]
+    assert counts["prefix_tuning"] == tokens * layers * 2 * kv
+    assert counts["bottleneck"] == layers * 2 * (2 * r * d + r + d)  # attn_out, ff_out: d → d
     assert counts["bottleneck_parallel"] == layers * (
-        (2 * 11 * d + 11 + d) + (11 * mlp + 11 + 11 * d + d)  # parallel ff_out reads d_mlp
+        (2 * rp * d + rp + d) + (rp * mlp + rp + rp * d + d)  # parallel ff_out reads d_mlp
     )
     assert counts["bitfit"] == layers * (d + kv + kv + d + mlp + mlp + d)  # every block linear
     assert counts["ia3"] == layers * (kv + kv + mlp)
