@@ -29,7 +29,7 @@ from nara import (
 from nara.diffusion import generate
 from nara.diffusion.cache import KVCache
 from nara.models import LLaDAModelLM, tiny_config
-from nara.models.llada import apply_rotary, rotary_cos_sin
+from nara.models.layers import apply_rotary, rotary_cos_sin
 
 # ----------------------------------------------------------------------------- reference
 

@@ -21,7 +21,7 @@ from nara import LoRAConfig, NaRAConfig, add_adapters, merge_adapters
 from nara.diffusion import generate
 from nara.diffusion.cache import KVCache
 from nara.models import DreamModel, tiny_dream_config
-from nara.models.llada import apply_rotary, rotary_cos_sin
+from nara.models.layers import apply_rotary, rotary_cos_sin
 
 MASK, EOS = 127, 126  # tiny_dream_config()
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -150,7 +150,7 @@ class PrefixHooks:
     def rotate_back(self, keys: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """Prefix keys (H_kv, n, D) → (B, H_kv, n, D) at position lead − n, with lead each
         sample's left padding: the prefix ends right before the first real token."""
-        from nara.models.llada import apply_rotary, rotary_cos_sin  # (imports transformers)
+        from nara.models.layers import apply_rotary, rotary_cos_sin  # (imports transformers)
 
         t = 0 if key_mask is None else key_mask.shape[1]  # lead is at most T
         cos, sin = rotary_cos_sin(max(self.n, t) + 1, keys.shape[-1], self.theta, keys.device)

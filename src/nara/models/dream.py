@@ -6,14 +6,14 @@ description (docs/backbones.md): it reads the released ``config.json`` (``model_
 and the released checkpoint keys, so a downloaded Dream folder loads with
 ``DreamModel.from_pretrained(folder)`` and no ``trust_remote_code``.
 
-Read top to bottom: attention → MLP → decoder layer → model. The pieces it shares with LLaDA
-(RMSNorm, rotary embedding, bidirectional grouped-query attention) come from
-:mod:`nara.models.llada`. Dream differs from LLaDA in its module names (Qwen2's ``self_attn.q_proj``,
-``mlp.gate_proj``, ...), in biases on the query/key/value projections, and in one convention that
-matters to everything downstream: Dream keeps the autoregressive habit of its initialisation, so
-**the logit at position i predicts token i + 1**. The model returns those raw logits, as the
-release does; :func:`nara.models.families.token_logits` realigns them for the loss, the samplers,
-the likelihood and the noise profile.
+Read top to bottom: config → attention → MLP → decoder layer → model. The pieces it shares with
+LLaDA (RMSNorm, rotary embedding, bidirectional grouped-query attention) come from
+:mod:`nara.models.layers`. Dream differs from LLaDA in its module names (Qwen2's
+``self_attn.q_proj``, ``mlp.gate_proj``, ...), in biases on the query/key/value projections, and
+in one convention that matters to everything downstream: Dream keeps the autoregressive habit of
+its initialisation, so **the logit at position i predicts token i + 1**. The model returns those
+raw logits, as the release does; :func:`nara.models.families.token_logits` realigns them for the
+loss, the samplers, the likelihood and the noise profile.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
-from nara.models.llada import (
+from nara.models.layers import (
     RMSNorm,
-    apply_rotary,
-    bidirectional_attention,
-    headless_output,
+    grouped_query_attention,
+    init_weights,
+    model_output,
     rotary_cos_sin,
+    run_blocks,
 )
 
 
@@ -145,9 +145,7 @@ class DreamAttention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=True)
         self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=True)
         self.o_proj = nn.Linear(self.n_heads * hd, d, bias=False)
-        # Key/value hook, None or a callable (k, v, key_mask) -> (k, v, key_mask) run after the
-        # rotary embedding: prefix tuning (nara.adapters.prefix) prepends learned keys/values.
-        self.kv_prefix = None
+        self.kv_prefix = None  # prefix tuning's key/value hook (see grouped_query_attention)
 
     def forward(
         self,
@@ -159,17 +157,8 @@ class DreamAttention(nn.Module):
     ) -> torch.Tensor:
         """h: (B, T, d); cos, sin: (T, D); key_mask: bool (B, S) or None; cached_kv: None or a
         KV cache's splice (k, v) -> (k, v) (see ``DreamModel.forward``). Returns (B, T, d)."""
-        b, t, _ = h.shape
-        q = self.q_proj(h).view(b, t, self.n_heads, -1).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(h).view(b, t, self.n_kv_heads, -1).transpose(1, 2)  # (B, H_kv, T, D)
-        v = self.v_proj(h).view(b, t, self.n_kv_heads, -1).transpose(1, 2)  # (B, H_kv, T, D)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cached_kv is not None:  # the fresh window spliced into the whole sequence's K/V
-            k, v = cached_kv(k, v)  # (B, H_kv, S, D)
-        if self.kv_prefix is not None:
-            k, v, key_mask = self.kv_prefix(k, v, key_mask)  # (B, H_kv, n + T, D)
-        y = bidirectional_attention(q, k, v, key_mask)  # (B, H, T, D)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        y = grouped_query_attention(self, h, cos, sin, key_mask, cached_kv)  # (B, T, H · D)
+        return self.o_proj(y)
 
 
 class DreamMLP(nn.Module):
@@ -242,15 +231,7 @@ class DreamModel(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, RMSNorm):
-            init.ones_(module.weight)
+        init_weights(module, self.config.initializer_range)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -305,18 +286,10 @@ class DreamModel(PreTrainedModel):
         cos, sin = rotary_cos_sin(
             x.shape[1], self.config.head_dim, self.config.rope_theta, x.device, start
         )  # (T, D)
-        hidden = [x] if output_hidden_states else None
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, key_mask, None if kv_cache is None else kv_cache.layer(i))
-            if hidden is not None:
-                hidden.append(x)
-        states = tuple(hidden) if hidden is not None else None
-        if not head:
-            return headless_output(x, states, return_dict)
-        logits = self.head_logits(x)  # (B, T, V)
-        if return_dict is False:
-            return (logits,) if states is None else (logits, states)
-        return MaskedLMOutput(logits=logits, hidden_states=states)
+        x, states = run_blocks(
+            self.model.layers, x, (cos, sin, key_mask), kv_cache, output_hidden_states
+        )
+        return model_output(self.head_logits(x) if head else x, states, return_dict, head)
 
     def head_logits(
         self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None

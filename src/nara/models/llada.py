@@ -5,10 +5,11 @@ current transformers. This file implements the same architecture from its descri
 §3): it reads the same ``config.json`` and the same checkpoint keys, so a downloaded LLaDA folder
 loads with ``LLaDAModelLM.from_pretrained(folder)`` and no ``trust_remote_code``.
 
-Read top to bottom: RMSNorm → rotary embedding → attention → block (attention + SwiGLU MLP) →
-model. It is a LLaMA-style transformer whose attention is **bidirectional**: only padding is
-masked, never the future, because a masked-diffusion model predicts every masked position from the
-whole sequence at once.
+Read top to bottom: config → block (attention + SwiGLU MLP) → model; RMSNorm, rotary embedding
+and the attention computation come from :mod:`nara.models.layers`, shared with Dream and MDLM. It
+is a LLaMA-style transformer whose attention is **bidirectional**: only padding is masked, never
+the future, because a masked-diffusion model predicts every masked position from the whole
+sequence at once.
 """
 
 from __future__ import annotations
@@ -25,9 +26,17 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
-from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
+
+from nara.models.layers import (
+    RMSNorm,
+    grouped_query_attention,
+    init_weights,
+    model_output,
+    rotary_cos_sin,
+    run_blocks,
+)
 
 # Fields of released LLaDA configs that would change the computation if switched on. This
 # implementation does not have them, so it refuses such a config instead of giving wrong logits.
@@ -152,68 +161,6 @@ class LLaDAConfig(PretrainedConfig):
         return self.embedding_size or self.vocab_size
 
 
-class RMSNorm(nn.Module):
-    """Root-mean-square norm, normalised in float32 for stability: w · x / sqrt(mean(x²) + eps)."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
-def rotary_cos_sin(
-    seq_len: int, head_dim: int, theta: float, device: torch.device, start: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables (T, D) of rotary embedding for positions start … start + T − 1, in
-    float32, frequencies θ^(−2j/D). ``start`` > 0 when a KV cache feeds only part of a sequence.
-
-    Recomputed per forward (a few thousand numbers): no buffer to carry through meta-device
-    initialisation, dtype casts or device maps.
-    """
-    inv_freq = theta ** (
-        -torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
-    )
-    positions = torch.arange(start, start + seq_len, device=device, dtype=torch.float32)
-    angles = torch.outer(positions, inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)  # (T, D): frequency j drives dims j and j + D/2
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, H, T, D) by position in the rotate-half form, computed in float32."""
-    x32 = x.float()
-    first, second = x32.chunk(2, dim=-1)
-    rotated = torch.cat([-second, first], dim=-1)
-    return (x32 * cos + rotated * sin).to(x.dtype)
-
-
-def bidirectional_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
-) -> torch.Tensor:
-    """Scaled dot-product attention with no causal mask; padded keys are ignored.
-
-    Args:
-        q: (B, H, T, D). k, v: (B, H_kv, S, D) with H a multiple of H_kv; query head h reads
-            key/value head h // (H / H_kv) (grouped-query attention). S = T except with a KV
-            cache (queries of part of the sequence, keys of all of it).
-        key_mask: bool (B, S), True at real tokens, or None when nothing is padded.
-
-    Returns:
-        (B, H, T, D).
-    """
-    group = q.shape[1] // k.shape[1]
-    if group > 1:
-        k = k.repeat_interleave(group, dim=1)  # (B, H, T, D)
-        v = v.repeat_interleave(group, dim=1)
-    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
 class LLaDABlock(GradientCheckpointingLayer):
     """Pre-norm transformer block: x += attention(norm(x)); x += SwiGLU(norm(x)).
 
@@ -235,9 +182,7 @@ class LLaDABlock(GradientCheckpointingLayer):
         self.ff_proj = nn.Linear(d, config.mlp_hidden_size, bias=config.include_bias)  # gate
         self.up_proj = nn.Linear(d, config.mlp_hidden_size, bias=config.include_bias)
         self.ff_out = nn.Linear(config.mlp_hidden_size, d, bias=config.include_bias)  # down
-        # Key/value hook, None or a callable (k, v, key_mask) -> (k, v, key_mask) run after the
-        # rotary embedding: prefix tuning (nara.adapters.prefix) prepends learned keys/values.
-        self.kv_prefix = None
+        self.kv_prefix = None  # prefix tuning's key/value hook (see grouped_query_attention)
 
     def forward(
         self,
@@ -249,29 +194,10 @@ class LLaDABlock(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         """x: (B, T, d_model); cos, sin: (T, D); key_mask: bool (B, S) or None; cached_kv: None
         or a callable (k, v) -> (k, v) from a KV cache (see ``LLaDAModelLM.forward``)."""
-        x = x + self._attention(self.attn_norm(x), cos, sin, key_mask, cached_kv)
+        h = self.attn_norm(x)
+        x = x + self.attn_out(grouped_query_attention(self, h, cos, sin, key_mask, cached_kv))
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
-
-    def _attention(
-        self,
-        h: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        key_mask: torch.Tensor | None,
-        cached_kv: Any,
-    ) -> torch.Tensor:
-        b, t, _ = h.shape
-        q = self.q_proj(h).view(b, t, self.n_heads, -1).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(h).view(b, t, self.n_kv_heads, -1).transpose(1, 2)  # (B, H_kv, T, D)
-        v = self.v_proj(h).view(b, t, self.n_kv_heads, -1).transpose(1, 2)  # (B, H_kv, T, D)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cached_kv is not None:  # the fresh window spliced into the whole sequence's K/V
-            k, v = cached_kv(k, v)  # (B, H_kv, S, D)
-        if self.kv_prefix is not None:
-            k, v, key_mask = self.kv_prefix(k, v, key_mask)  # (B, H_kv, n + T, D)
-        y = bidirectional_attention(q, k, v, key_mask)  # (B, H, T, D)
-        return self.attn_out(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, d_model)
 
 
 class LLaDATransformer(nn.Module):
@@ -312,15 +238,7 @@ class LLaDAModelLM(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.init_std
-        if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, RMSNorm):
-            init.ones_(module.weight)
+        init_weights(module, self.config.init_std)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.transformer["wte"]
@@ -379,18 +297,10 @@ class LLaDAModelLM(PreTrainedModel):
         cos, sin = rotary_cos_sin(
             x.shape[1], self.config.head_dim, self.config.rope_theta, x.device, start
         )
-        hidden = [x] if output_hidden_states else None
-        for i, block in enumerate(tr["blocks"]):
-            x = block(x, cos, sin, key_mask, None if kv_cache is None else kv_cache.layer(i))
-            if hidden is not None:
-                hidden.append(x)
-        states = tuple(hidden) if hidden is not None else None
-        if not head:
-            return headless_output(x, states, return_dict)
-        logits = self.head_logits(x)  # (B, T, V)
-        if return_dict is False:
-            return (logits,) if states is None else (logits, states)
-        return MaskedLMOutput(logits=logits, hidden_states=states)
+        x, states = run_blocks(
+            tr["blocks"], x, (cos, sin, key_mask), kv_cache, output_hidden_states
+        )
+        return model_output(self.head_logits(x) if head else x, states, return_dict, head)
 
     def head_logits(
         self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None
@@ -399,16 +309,6 @@ class LLaDAModelLM(PreTrainedModel):
         ``input_ids`` is unused (the head of every native family takes it)."""
         tr = self.model.transformer
         return tr["ff_out"](tr["ln_f"](hidden))
-
-
-def headless_output(
-    hidden: torch.Tensor, states: tuple[torch.Tensor, ...] | None, return_dict: bool | None
-) -> BaseModelOutput | tuple[torch.Tensor, ...]:
-    """A forward's output with ``head=False``: the final hidden state (B, T, d) (and the
-    per-block states when asked), shared by the native families."""
-    if return_dict is False:
-        return (hidden,) if states is None else (hidden, states)
-    return BaseModelOutput(last_hidden_state=hidden, hidden_states=states)
 
 
 def tiny_config(**overrides: Any) -> LLaDAConfig:

@@ -38,11 +38,12 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
-from nara.models.llada import (
+from nara.models.layers import (
     apply_rotary,
     bidirectional_attention,
-    headless_output,
+    model_output,
     rotary_cos_sin,
+    run_blocks,
 )
 
 NEG_INFINITY = -1e6  # the released log-probability of impossible tokens
@@ -300,18 +301,9 @@ class MDLMModel(PreTrainedModel):
         key_mask = None if attention_mask is None else attention_mask.bool()
         head_dim = self.config.hidden_dim // self.config.n_heads
         cos, sin = rotary_cos_sin(x.shape[1], head_dim, 10000.0, x.device)  # (T, D)
-        hidden = [x] if output_hidden_states else None
-        for block in bb.blocks:
-            x = block(x, c, cos, sin, key_mask)
-            if hidden is not None:
-                hidden.append(x)
-        states = tuple(hidden) if hidden is not None else None
-        if not head:
-            return headless_output(x, states, return_dict)
-        logits = self.head_logits(x, input_ids, timesteps, subs)  # (B, T, V)
-        if return_dict is False:
-            return (logits,) if states is None else (logits, states)
-        return MaskedLMOutput(logits=logits, hidden_states=states)
+        x, states = run_blocks(bb.blocks, x, (c, cos, sin, key_mask), None, output_hidden_states)
+        out = self.head_logits(x, input_ids, timesteps, subs) if head else x  # (B, T, V | d)
+        return model_output(out, states, return_dict, head)
 
     def _condition(self, x: torch.Tensor, timesteps: torch.Tensor | None) -> torch.Tensor:
         # without time conditioning the released model sees σ = 0
