@@ -102,8 +102,8 @@ def test_terms_add_up_to_the_measured_peak(method, masked_head, checkpointing) -
     last), and the MLP's gradient temporaries are bounded by 3m per token where 2.2-2.8m are
     measured."""
     config = tiny_config(**SMALL)
-    args = (config, method, 8, 2, 128, masked_head, checkpointing)
-    got, formula = memory.measured_step(*args), memory.analytic_step(*args)
+    step = memory.TrainingStep(config, method, 8, 2, 128, masked_head, checkpointing)
+    got, formula = step.measured(), step.analytic()
     assert got["parameters"] == formula["parameters"]  # float32 tensor sizes
     assert got["optimizer"] == formula["optimizer"]
     tolerance = 0.03 if method == "LoRA" else 0.05

@@ -27,6 +27,7 @@ runs first), so the total is parameters + optimizer + saved activations + the la
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -102,19 +103,22 @@ def optimizer_bytes(trainable: int) -> int:
     return (2 + 1) * 4 * trainable
 
 
-def _block_saved(config: LLaDAConfig, method: str, rank: int) -> tuple[int, int]:
-    """Elements one block saves for backward per token: (in the compute dtype, in float32).
+def _block_saved(
+    config: LLaDAConfig, method: str, rank: int, tokens: int, compute_bytes: int
+) -> int:
+    """Bytes one block saves for backward over ``tokens`` tokens; per token these elements.
 
-    Compute dtype: the normed input read by the adapted q, k and v (d); the rotated q and k and
-    v as attention reads them (3d: grouped keys and values are expanded to every head, and
-    n_heads · head_dim = d); the attention output read by the adapted attn_out (d); the
-    adapters' r-wide intermediates (LoRA: r per target; NaRA: 2r per target, the mixed vector
-    too); the gate, its SiLU and the up projection (3m; the frozen down projection saves no
-    input). Float32: the inputs of the two RMS norms (normalised in float32) and their
-    reciprocal RMS (2d + 2), and attention's log-sum-exp (one per head)."""
+    In the compute dtype (``compute_bytes`` each): the normed input read by the adapted q, k and
+    v (d); the rotated q and k and v as attention reads them (3d: grouped keys and values are
+    expanded to every head, and n_heads · head_dim = d); the attention output read by the
+    adapted attn_out (d); the adapters' r-wide intermediates (LoRA: r per target; NaRA: 2r per
+    target, the mixed vector too); the gate, its SiLU and the up projection (3m; the frozen down
+    projection saves no input). In float32: the inputs of the two RMS norms (normalised in
+    float32) and their reciprocal RMS (2d + 2), and attention's log-sum-exp (one per head)."""
     d, m = config.d_model, config.mlp_hidden_size
-    per_target = ADAPTER_WIDTH[method] * rank
-    return 5 * d + 3 * m + len(TARGETS) * per_target, 2 * d + 2 + config.n_heads
+    in_dtype = 5 * d + 3 * m + len(TARGETS) * ADAPTER_WIDTH[method] * rank
+    in_float32 = 2 * d + 2 + config.n_heads
+    return tokens * (compute_bytes * in_dtype + 4 * in_float32)
 
 
 def saved_activation_bytes(
@@ -136,13 +140,12 @@ def saved_activation_bytes(
     The noise-aware adapters' per-sample conditioning (a few thousand numbers per sample) is
     left out."""
     d, layers, tokens = config.d_model, config.n_layers, batch * seq
-    in_dtype, in_float32 = _block_saved(config, method, rank)
     rotary = 2 * 4 * seq * config.head_dim  # cos and sin, float32
     head = 4 * tokens * (d + 1) + (compute_bytes * batch * (seq // 2) * d if masked_head else 0)
     if checkpointing:
         blocks = compute_bytes * layers * tokens * d
     else:
-        per_block = tokens * (compute_bytes * in_dtype + 4 * in_float32)
+        per_block = _block_saved(config, method, rank, tokens, compute_bytes)
         blocks = layers * per_block - 4 * tokens * (d + 1)
     return blocks + rotary + head
 
@@ -163,8 +166,7 @@ def transient_bytes(
     tokens = batch * seq
     transient = compute_bytes * 3 * config.mlp_hidden_size * tokens
     if checkpointing:
-        in_dtype, in_float32 = _block_saved(config, method, rank)
-        transient += tokens * (compute_bytes * in_dtype + 4 * in_float32)
+        transient += _block_saved(config, method, rank, tokens, compute_bytes)
     return transient
 
 
@@ -265,77 +267,77 @@ def saved_tensor_bytes(model: torch.nn.Module, forward: Callable[[], Any]) -> tu
     return result, sum(saved.values())
 
 
-def measured_step(
-    config: LLaDAConfig,
-    method: str,
-    rank: int,
-    batch: int,
-    seq: int,
-    masked_head: bool,
-    checkpointing: bool = False,
-) -> dict[str, int]:
-    """Bytes measured on a float32 random model of ``config``: parameters and AdamW state
-    (tensor sizes), the tensors saved for backward by the forward of the diffusion loss
-    (:func:`saved_tensor_bytes`), and the peak above the parameters of one forward and
-    backward (torch.profiler memory events on CPU, the CUDA allocator's peak on a GPU)."""
-    model = adapted_model(config, method, rank, device="cpu").train()
-    if checkpointing:
-        model.gradient_checkpointing_enable()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, config.vocab_size - 2, (batch, seq), generator=g)
-    maskable = torch.ones_like(ids, dtype=torch.bool)
+@dataclass(frozen=True)
+class TrainingStep:
+    """One training step on a float32 random LLaDA of ``config`` with ``method`` adapters of
+    ``rank`` (:func:`adapted_model`), on ``batch`` × ``seq`` tokens with the masked-head or the
+    full-logits loss and gradient checkpointing on or off: its memory by term, measured
+    (:meth:`measured`) and from the formulas (:meth:`analytic`), under the same keys."""
 
-    def forward() -> Any:
-        return diffusion_loss(
-            model, ids, maskable, config.mask_token_id, t=torch.full((batch,), 0.5),
-            generator=torch.Generator().manual_seed(1), masked_head=masked_head,
+    config: LLaDAConfig
+    method: str
+    rank: int
+    batch: int
+    seq: int
+    masked_head: bool
+    checkpointing: bool = False
+
+    def measured(self) -> dict[str, int]:
+        """Bytes measured: parameters and AdamW state (tensor sizes), the tensors saved for
+        backward by the forward of the diffusion loss (:func:`saved_tensor_bytes`), and the peak
+        above the parameters of one forward and backward (torch.profiler memory events on CPU,
+        the CUDA allocator's peak on a GPU)."""
+        config, batch = self.config, self.batch
+        model = adapted_model(config, self.method, self.rank, device="cpu").train()
+        if self.checkpointing:
+            model.gradient_checkpointing_enable()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, config.vocab_size - 2, (batch, self.seq), generator=g)
+        maskable = torch.ones_like(ids, dtype=torch.bool)
+
+        def forward() -> Any:
+            return diffusion_loss(
+                model, ids, maskable, config.mask_token_id, t=torch.full((batch,), 0.5),
+                generator=torch.Generator().manual_seed(1), masked_head=self.masked_head,
+            )  # fmt: skip
+
+        out, saved = saved_tensor_bytes(model, forward)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state = sum(t.nbytes for s in optimizer.state.values() for t in s.values() if t.dim() > 0)
+        return {
+            "parameters": sum(p.nbytes for p in model.parameters()),
+            "optimizer": state + sum(4 * p.numel() for p in trainable),  # states + gradients
+            "saved": saved,
+            "step_peak": peak_memory(lambda: forward().loss.backward(), torch.device("cpu")),
+        }
+
+    def analytic(self) -> dict[str, int]:
+        """What :meth:`measured` measures, from the formulas for a float32 model: the step's
+        peak above the parameters is the saved activations, the larger of the blocks' backward
+        transient and the logits, and the float32 gradients."""
+        config, batch, seq, masked_head = self.config, self.batch, self.seq, self.masked_head
+        split = parameter_split(adapted_model(config, self.method, self.rank))
+        shape = {"checkpointing": self.checkpointing, "method": self.method, "rank": self.rank}
+        terms = analytic_terms(
+            config, split, **shape, batch=batch, seq=seq, weights="bf16",
+            masked_head=masked_head, compute_bytes=4,
         )  # fmt: skip
-
-    out, saved = saved_tensor_bytes(model, forward)
-    out.loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    state = sum(t.nbytes for s in optimizer.state.values() for t in s.values() if t.dim() > 0)
-    return {
-        "parameters": sum(p.nbytes for p in model.parameters()),
-        "optimizer": state + sum(4 * p.numel() for p in trainable),  # states + gradients
-        "saved": saved,
-        "step_peak": peak_memory(lambda: forward().loss.backward(), torch.device("cpu")),
-    }
-
-
-def analytic_step(
-    config: LLaDAConfig,
-    method: str,
-    rank: int,
-    batch: int,
-    seq: int,
-    masked_head: bool,
-    checkpointing: bool = False,
-) -> dict[str, int]:
-    """What :func:`measured_step` measures, from the formulas for a float32 model: the step's
-    peak above the parameters is the saved activations, the larger of the blocks' backward
-    transient and the logits, and the float32 gradients."""
-    split = parameter_split(adapted_model(config, method, rank))
-    terms = analytic_terms(
-        config, split, method=method, rank=rank, batch=batch, seq=seq, weights="bf16",
-        checkpointing=checkpointing, masked_head=masked_head, compute_bytes=4,
-    )  # fmt: skip
-    shape = {"checkpointing": checkpointing, "method": method, "rank": rank}
-    saved = saved_activation_bytes(
-        config, batch, seq, **shape, masked_head=masked_head, compute_bytes=4
-    )
-    # the full path also keeps the float32 log-softmax at the masked positions until backward
-    log_softmax = 0 if masked_head else 4 * (batch * seq // 2) * config.vocab_size
-    base = terms["parameters"]["bytes"] + terms["optimizer"]["bytes"]
-    return {
-        "parameters": 4 * sum(split.values()),
-        "optimizer": terms["optimizer"]["bytes"],
-        "saved": saved + log_softmax,
-        "step_peak": terms["total"]["bytes"] - base + 4 * split["trainable"],
-    }
+        saved = saved_activation_bytes(
+            config, batch, seq, **shape, masked_head=masked_head, compute_bytes=4
+        )
+        # the full path also keeps the float32 log-softmax at the masked positions until backward
+        log_softmax = 0 if masked_head else 4 * (batch * seq // 2) * config.vocab_size
+        base = terms["parameters"]["bytes"] + terms["optimizer"]["bytes"]
+        return {
+            "parameters": 4 * sum(split.values()),
+            "optimizer": terms["optimizer"]["bytes"],
+            "saved": saved + log_softmax,
+            "step_peak": terms["total"]["bytes"] - base + 4 * split["trainable"],
+        }
 
 
 def memory_suite(size: str, options: BenchOptions) -> dict[str, Any]:
@@ -347,9 +349,11 @@ def memory_suite(size: str, options: BenchOptions) -> dict[str, Any]:
     rows = []
     for method in METHODS:
         for masked_head, checkpointing in MEASURED_SETTINGS:
-            args = (config, method, options.rank, options.batch, options.seq, masked_head)
-            got = measured_step(*args, checkpointing)
-            formula = analytic_step(*args, checkpointing)
+            step = TrainingStep(
+                config, method, options.rank, options.batch, options.seq, masked_head,
+                checkpointing,
+            )  # fmt: skip
+            got, formula = step.measured(), step.analytic()
             rows.append(
                 {
                     "method": method,
