@@ -159,61 +159,38 @@ class KVCache:
         :func:`~nara.diffusion._model.denoise` gives them, with cached keys/values where valid.
 
         Stale rows (:meth:`_stale`) run the whole sequence and re-record their entries; the
-        others feed the block (and, for ``"prefix"``, everything after it).
+        others feed the window: the block (and, for ``"prefix"``, everything after it) from the
+        first logit the block's predictions are read from, ``start`` for aligned models,
+        ``start − 1`` for shifted ones (Dream).
         """
-        stale = self._stale(lam)  # (B,)
-        args = (model, x, attention_mask, lam, density, prompt)
-        if bool(stale.all()):
-            return self._forward(*args, start, end, rows=None, record=True)
-        if not bool(stale.any()):
-            return self._forward(*args, start, end, rows=None, record=False)
-        fresh = self._forward(*args, start, end, rows=stale, record=True)
-        cached = self._forward(*args, start, end, rows=~stale, record=False)
-        out = cached.new_empty(x.shape[0], *cached.shape[1:])
-        out[stale], out[~stale] = fresh, cached
-        return out
-
-    def _forward(
-        self,
-        model: torch.nn.Module,
-        x: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        lam: torch.Tensor,
-        density: torch.Tensor,
-        prompt: torch.Tensor,
-        start: int,
-        end: int,
-        *,
-        rows: torch.Tensor | None,
-        record: bool,
-    ) -> torch.Tensor:
-        """One model call on ``rows`` (None = all): a recording whole-sequence pass, or the
-        cached window pass. The window starts at the first logit the block's predictions are
-        read from: ``start`` for aligned models, ``start − 1`` for shifted ones (Dream)."""
         from nara.models.families import logit_positions
 
         first = int(logit_positions(model, torch.tensor(start)))
         window_end = x.shape[1] if self.mode == "prefix" else end
-        self.start, self._end = (0, None) if record else (first, window_end)
-        self._rows = rows
-        ids = x if record else x[:, first:window_end]
-        try:
-            logits = denoise(
-                model,
-                _rows(ids, rows),
-                _rows(attention_mask, rows),
-                _rows(lam, rows),
-                _rows(density, rows),
-                _rows(prompt, rows),
-                kv_cache=self,
-            )
-        finally:
-            self.start, self._end, self._rows = 0, None, None
-        if record:
+
+        def forward(rows: torch.Tensor | None, record: bool) -> torch.Tensor:
+            # one model call on rows (None = all): a recording whole pass or the window pass
+            self.start, self._end = (0, None) if record else (first, window_end)
+            self._rows = rows
+            ids = x if record else x[:, first:window_end]
+            inputs = (ids, attention_mask, lam, density, prompt)
+            try:
+                logits = denoise(model, *(_rows(t, rows) for t in inputs), kv_cache=self)
+            finally:
+                self.start, self._end, self._rows = 0, None, None
+            if not record:
+                return logits[:, start - first : end - first]
             if self._lam is None or rows is None:
                 self._lam = lam.clone()
             else:
                 self._lam[rows] = lam[rows]
             self.refreshes += lam.shape[0] if rows is None else int(rows.sum())
             return logits[:, start:end]
-        return logits[:, start - first : end - first]
+
+        stale = self._stale(lam)  # (B,)
+        if bool(stale.all()) or not bool(stale.any()):
+            return forward(None, record=bool(stale.all()))
+        fresh, cached = forward(stale, record=True), forward(~stale, record=False)
+        out = cached.new_empty(x.shape[0], *cached.shape[1:])
+        out[stale], out[~stale] = fresh, cached
+        return out
