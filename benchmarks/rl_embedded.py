@@ -1,17 +1,20 @@
-"""RL after SFT on the embedded arithmetic task: LoRA vs NaRA, test accuracy and reward before
-and after diffu-GRPO (or wd1), over seeds.
+"""RL after SFT on the embedded arithmetic task: LoRA vs NaRA, accuracy and reward on held-out
+examples before and after diffu-GRPO (or wd1), over seeds.
 
-    python benchmarks/rl_embedded.py                                   # 3 seeds, the defaults
-    python benchmarks/rl_embedded.py --seeds 0 --sft-steps 60 --rl-steps 20 --limit 50
+    OMP_NUM_THREADS=1 python benchmarks/rl_embedded.py                 # 3 seeds, test split
+    OMP_NUM_THREADS=1 python benchmarks/rl_embedded.py --seeds 0 --eval-split validation \\
+        --methods lora --rl-set training.lr=3e-4 --output runs/rl_pilot  # tuning: validation only
     python benchmarks/rl_embedded.py --rl-recipe configs/rl/embedded_arithmetic_wd1.yaml
-    python benchmarks/rl_embedded.py --rl-set rl.beta=0     # no KL to the pre-SFT base
 
-For each method and seed: `nara train demo` for --sft-steps updates, greedy test accuracy of
-that adapter (nara eval's exact scorer, the first --limit test problems), `nara rl` from it
-(adapter.init_from) for --rl-steps updates, and the accuracy again. The reward before/after is
-the mean reward of the first and the last rollout (sampled at the recipe's temperature).
-Writes <output>/results.json, results.md (mean ± std over seeds) and rewards.png (reward per
-rollout, mean over seeds). Every run folder is replaced (training.overwrite=true).
+For each method and seed: `nara train demo` for --sft-steps updates (fewer than the demo's 500,
+so that accuracy is far from its ceiling and RL has room), the greedy accuracy and reward of that
+adapter on the first --limit examples of --eval-split, `nara rl` (the --rl-recipe) from it
+(adapter.init_from, so the KL reference is the SFT adapter) for its training.max_steps updates,
+and the accuracy and reward again. Accuracy is nara eval's exact scorer (the whole answer
+``N is the answer.``); the reward is the recipe's (correctness plus the format term) on the same
+greedy generations. Writes <output>/results.json, results.md (mean ± std over seeds) and
+rewards.png (sampled reward per rollout during RL, mean and range over seeds). Every run folder
+is replaced (training.overwrite=true).
 """
 
 from __future__ import annotations
@@ -24,32 +27,34 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+TASK = "embedded:arithmetic"
 
 
-def accuracy(adapter: Path, limit: int, output: Path) -> float:
-    """Greedy test accuracy (%) of ``adapter`` on the tiny model, nara eval's way."""
+def evaluate(adapter: Path, split: str, limit: int, reward_section: Any) -> dict[str, float]:
+    """Greedy accuracy (%), mean reward and share of answers in the format (%, when the recipe
+    has a format reward) of ``adapter`` on the tiny model, over the first ``limit`` records of
+    ``split``, with nara eval's sampler settings and scorer."""
     from nara.adapters import load_adapters
     from nara.commands._common import make_generate_fn
-    from nara.evaluation.runner import run_eval
+    from nara.evaluation import tasks
     from nara.models import load_model
-    from nara.runs import adapter_identity
+    from nara.rl.rewards import build_rewards
 
     model, tokenizer, mask_id = load_model("tiny")
     model = load_adapters(model, adapter).eval()
-    result = run_eval(
-        None,
-        None,
-        "embedded:arithmetic",
-        output_dir=output,
-        limit=limit,
-        batch_size=32,
-        generate_fn=make_generate_fn(model, tokenizer, mask_id),
-        progress=False,
-        print_table=False,
-        identity={"adapter": adapter_identity(adapter)},
-        overwrite=True,
-    )
-    return result["average"]
+    (task,) = tasks.resolve(TASK)
+    records = tasks.load_task(task, None, split=split)[:limit]
+    generate = make_generate_fn(model, tokenizer, mask_id)
+    outputs = []
+    for i in range(0, len(records), 50):
+        outputs += generate([r.prompt for r in records[i : i + 50]], task.gen_length)
+    correct = [tasks.score(task, r, o)[1] for r, o in zip(records, outputs)]
+    prompts = [r.prompt for r in records]
+    rewards, parts = build_rewards(reward_section, task)(prompts, outputs, records)
+    found = {"accuracy": 100.0 * sum(correct) / len(correct), "reward": rewards.mean().item()}
+    if "format" in parts:
+        found["format"] = 100.0 * parts["format"].mean().item()
+    return found
 
 
 def one_run(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -65,73 +70,106 @@ def one_run(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     sft = load_recipe(
         ROOT / "configs" / "demo.yaml",
-        [*common, f"training.max_steps={args.sft_steps}", f"output_dir={out / 'sft'}"],
+        [
+            *common,
+            f"training.max_steps={args.sft_steps}",
+            "training.eval_every=none",
+            "training.save_every=none",
+            f"output_dir={out / 'sft'}",
+        ],
     )
     sft_adapter = Trainer(sft, show_progress=False).train().final_adapter
-    before = accuracy(sft_adapter, args.limit, out / "eval_sft")
+    sft_seconds = time.perf_counter() - start
     rl = load_rl_recipe(
         args.rl_recipe,
         [
             *common,
             f"adapter.init_from={sft_adapter}",
-            f"training.max_steps={args.rl_steps}",
             "training.save_every=none",
             f"output_dir={out / 'rl'}",
             *args.rl_set,
         ],
     )
+    before = evaluate(sft_adapter, args.eval_split, args.limit, rl.rewards)
+    rl_start = time.perf_counter()
     rl_adapter = RLTrainer(rl, show_progress=False).train().final_adapter
-    after = accuracy(rl_adapter, args.limit, out / "eval_rl")
-    rewards = [r["reward"] for r in read_metrics(out / "rl" / "metrics.jsonl") if "rollout" in r]
+    rl_seconds = time.perf_counter() - rl_start
+    after = evaluate(rl_adapter, args.eval_split, args.limit, rl.rewards)
+    rollouts = [r for r in read_metrics(out / "rl" / "metrics.jsonl") if "rollout" in r]
     row = {
         "method": method,
         "seed": seed,
-        "accuracy_sft": before,
-        "accuracy_rl": after,
-        "reward_first": rewards[0],
-        "reward_last": rewards[-1],
-        "rewards": rewards,
+        "accuracy_sft": before["accuracy"],
+        "accuracy_rl": after["accuracy"],
+        "reward_sft": before["reward"],
+        "reward_rl": after["reward"],
+        "format_sft": before.get("format"),
+        "format_rl": after.get("format"),
+        "rewards": [r["reward"] for r in rollouts],
+        "kl": [r.get("kl") for r in rollouts],
+        "sft_seconds": round(sft_seconds, 1),
+        "rl_seconds": round(rl_seconds, 1),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    print(json.dumps({k: v for k, v in row.items() if k != "rewards"}), flush=True)
+    print(json.dumps({k: v for k, v in row.items() if k not in ("rewards", "kl")}), flush=True)
     return row
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int) -> str:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: per method, mean ± std over seeds of accuracy and reward before/after."""
-    keys = ("accuracy_sft", "accuracy_rl", "reward_first", "reward_last")
+def table(rows: list[dict[str, Any]], split: str) -> str:
+    """Markdown: per method, mean ± std over seeds of accuracy and reward before/after RL, and
+    of the change each seed's RL made."""
     lines = [
-        "| method | seeds | accuracy after SFT (%) | accuracy after RL (%) "
-        "| reward, first rollout | reward, last rollout |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| method | seeds | {split} accuracy after SFT (%) | after RL (%) | change (points) "
+        "| reward after SFT | after RL | in format after SFT / RL (%) "
+        "| mean sampled reward, first / last 5 rollouts |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
-        cells = [mean_std([r[k] for r in mine]) for k in keys]
+        first = mean_std([statistics.mean(r["rewards"][:5]) for r in mine], 2)
+        last = mean_std([statistics.mean(r["rewards"][-5:]) for r in mine], 2)
+        formats = "n/a"
+        if all(r["format_sft"] is not None for r in mine):
+            formats = " / ".join(
+                mean_std([r[k] for r in mine], 1) for k in ("format_sft", "format_rl")
+            )
+        cells = [
+            mean_std([r["accuracy_sft"] for r in mine], 1),
+            mean_std([r["accuracy_rl"] for r in mine], 1),
+            mean_std([r["accuracy_rl"] - r["accuracy_sft"] for r in mine], 1),
+            mean_std([r["reward_sft"] for r in mine], 3),
+            mean_std([r["reward_rl"] for r in mine], 3),
+            formats,
+            f"{first} / {last}",
+        ]
         lines.append(f"| {method} | {len(mine)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Reward per rollout, mean over seeds, one line per method."""
+    """Sampled reward per rollout: mean over seeds (line) and their range (band), per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4))
     for method in dict.fromkeys(r["method"] for r in rows):
         curves = [r["rewards"] for r in rows if r["method"] == method]
-        mean = [statistics.mean(step) for step in zip(*curves)]
-        ax.plot(range(1, len(mean) + 1), mean, "o-", label=method)
+        steps = range(1, min(map(len, curves)) + 1)
+        per_step = list(zip(*curves))
+        mean = [statistics.mean(v) for v in per_step]
+        line = ax.plot(steps, mean, label=f"{method} (mean of {len(curves)} seeds)")[0]
+        lo, hi = [min(v) for v in per_step], [max(v) for v in per_step]
+        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("rollout")
-    ax.set_ylabel("mean reward")
-    ax.set_title("RL after SFT, embedded arithmetic")
+    ax.set_ylabel("mean reward of the rollout's completions")
+    ax.set_title("diffu-GRPO after SFT, embedded arithmetic (sampled)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -142,9 +180,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["lora", "nara"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--sft-steps", type=int, default=150, help="SFT updates (demo recipe)")
-    parser.add_argument("--rl-steps", type=int, default=40, help="RL updates (a multiple of μ)")
-    parser.add_argument("--limit", type=int, default=200, help="test problems evaluated")
+    parser.add_argument("--sft-steps", type=int, default=100, help="SFT updates (demo recipe)")
+    parser.add_argument("--limit", type=int, default=200, help="examples evaluated")
+    parser.add_argument(
+        "--eval-split",
+        default="test",
+        choices=["validation", "test"],
+        help="validation for tuning the RL settings, test for the reported figures",
+    )
     parser.add_argument(
         "--rl-recipe", type=Path, default=ROOT / "configs" / "rl" / "embedded_arithmetic_grpo.yaml"
     )
@@ -155,10 +198,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = [one_run(m, s, args) for m in args.methods for s in args.seeds]
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "results.json").write_text(json.dumps({"args": vars(args) | {"rl_recipe": str(args.rl_recipe), "output": str(args.output)}, "rows": rows}, indent=2) + "\n")  # fmt: skip
-    (args.output / "results.md").write_text(table(rows) + "\n")
+    settings = vars(args) | {"rl_recipe": str(args.rl_recipe), "output": str(args.output)}
+    results = {"args": settings, "rows": rows}
+    (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.output / "results.md").write_text(table(rows, args.eval_split) + "\n")
     plot(rows, args.output / "rewards.png")
-    print(table(rows))
+    print(table(rows, args.eval_split))
 
 
 if __name__ == "__main__":
