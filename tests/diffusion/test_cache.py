@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from cache_support import assert_alone_equals_batched, prompts, randomize, recorded_and_cached_pass
 from diffusion_support import EOS, MASK, ScriptedModel
 
 from nara import (
@@ -27,7 +28,6 @@ from nara import (
     merge_adapters,
 )
 from nara.diffusion import generate
-from nara.diffusion.cache import KVCache
 from nara.models import LLaDAModelLM, tiny_config
 from nara.models.layers import apply_rotary, rotary_cos_sin
 
@@ -117,30 +117,11 @@ def model() -> LLaDAModelLM:
     return LLaDAModelLM(tiny_config(init_std=0.3)).double().eval()
 
 
-def _randomize(model: torch.nn.Module, std: float = 0.2, seed: int = 1) -> torch.nn.Module:
-    """Random nonzero values for every trainable (adapter) parameter: zero-initialised adapters
-    would leave the model unchanged and hide stale caches."""
-    gen = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = torch.randn(p.shape, generator=gen, dtype=p.dtype) * std
-    return model.eval()
-
-
 def _adapted(config, merged: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)
     base = LLaDAModelLM(tiny_config(init_std=0.3))
-    model = _randomize(add_adapters(base, config)).double()
+    model = randomize(add_adapters(base, config)).double()
     return merge_adapters(model) if merged else model
-
-
-def _prompts() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """Two left-padded prompts (lengths 3 and 5) and the same prompts alone."""
-    gen = torch.Generator().manual_seed(3)
-    alone = [torch.randint(0, 120, (n,), generator=gen) for n in (3, 5)]
-    ids = torch.stack([F.pad(a, (5 - len(a), 0), value=EOS) for a in alone])
-    attention = torch.stack([(torch.arange(5) >= 5 - len(a)).long() for a in alone])
-    return ids, attention, alone
 
 
 # ----------------------------------------------------------------------------- tests
@@ -183,7 +164,7 @@ def test_the_reference_without_a_cache_is_the_sampler_without_one(model) -> None
 def test_one_step_per_block_is_uncached_decoding(model, mode: str, adapter) -> None:
     if adapter is not None:
         model = _adapted(adapter)
-    ids, attention, _ = _prompts()
+    ids, attention, _ = prompts()
     options = dict(mask_token_id=MASK, gen_length=12, steps=3, block_length=4)
     assert torch.equal(
         generate(model, ids, attention, cache=mode, **options),
@@ -204,7 +185,7 @@ def test_one_step_per_block_is_uncached_decoding(model, mode: str, adapter) -> N
 )
 def test_tolerance_zero_recomputes_every_step_so_equals_uncached(mode: str, adapter) -> None:
     model = _adapted(adapter)
-    ids, attention, _ = _prompts()
+    ids, attention, _ = prompts()
     options = dict(mask_token_id=MASK, gen_length=12, steps=12, block_length=4)
     uncached = generate(model, ids, attention, return_history=True, **options)
     cached = generate(
@@ -253,12 +234,8 @@ def test_a_sample_is_recomputed_exactly_when_its_lambda_moved_past_the_tolerance
 )
 def test_a_sample_alone_equals_the_sample_inside_a_padded_batch(mode: str, options: dict) -> None:
     model = _adapted(NaRAConfig(r=4, input_mode="both"))
-    ids, attention, alone = _prompts()
     kwargs = dict(mask_token_id=MASK, gen_length=12, steps=12, block_length=4, cache=mode)
-    batched = generate(model, ids, attention, **kwargs, **options)
-    for i, prompt in enumerate(alone):
-        single = generate(model, prompt[None], **kwargs, **options)
-        assert torch.equal(batched[i], single[0]), f"sample {i} differs"
+    assert_alone_equals_batched(model, **kwargs, **options)
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
@@ -267,16 +244,8 @@ def test_a_cached_pass_on_unchanged_tokens_equals_the_whole_pass(model, mode: st
     """Nothing changed since recording: the spliced keys/values are the whole pass's own."""
     if adapter is not None:
         model = _adapted(adapter)
-    ids, attention, _ = _prompts()
-    x = torch.cat([ids, torch.randint(0, 120, (2, 8)).masked_fill(torch.rand(2, 8) < 0.5, MASK)], 1)
-    mask = torch.cat([attention, torch.ones(2, 8, dtype=torch.long)], 1)
-    lam, density = torch.full((2,), 0.5), torch.full((2,), 0.5)
-    prompt = mask.bool() & (torch.arange(13) < 5)
-    cache = KVCache(mode)
-    cache.begin_block()
+    whole, cached, x, mask = recorded_and_cached_pass(model, mode)
     with torch.no_grad():
-        whole = cache.logits(model, x, mask, lam, density, prompt, 7, 10)
-        cached = cache.logits(model, x, mask, lam, density, prompt, 7, 10)
         plain = model(x, attention_mask=mask).logits[:, 7:10]
     assert torch.equal(whole, plain)
     torch.testing.assert_close(cached, plain)
@@ -285,7 +254,7 @@ def test_a_cached_pass_on_unchanged_tokens_equals_the_whole_pass(model, mode: st
 def test_classifier_free_guidance_with_the_cache_equals_uncached_at_one_step_per_block(
     model,
 ) -> None:
-    ids, attention, _ = _prompts()
+    ids, attention, _ = prompts()
     options = dict(mask_token_id=MASK, gen_length=8, steps=2, block_length=4, cfg_scale=1.5)
     assert torch.equal(
         generate(model, ids, attention, cache="dual", **options),

@@ -16,14 +16,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from cache_support import assert_alone_equals_batched, prompts, randomize, recorded_and_cached_pass
 
 from nara import LoRAConfig, NaRAConfig, add_adapters, merge_adapters
 from nara.diffusion import generate
-from nara.diffusion.cache import KVCache
 from nara.models import DreamModel, tiny_dream_config
 from nara.models.layers import apply_rotary, rotary_cos_sin
 
-MASK, EOS = 127, 126  # tiny_dream_config()
+MASK = 127  # tiny_dream_config()
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -33,22 +33,9 @@ def _dream(layers: int = 2, adapter=None, merged: bool = False) -> torch.nn.Modu
     torch.manual_seed(0)
     model = DreamModel(tiny_dream_config(initializer_range=0.3, num_hidden_layers=layers))
     if adapter is not None:
-        model = add_adapters(model, adapter)
-        gen = torch.Generator().manual_seed(1)
-        for p in model.parameters():
-            if p.requires_grad:
-                p.data = torch.randn(p.shape, generator=gen) * 0.2
+        model = randomize(add_adapters(model, adapter))
         model = merge_adapters(model) if merged else model
     return model.double().eval()
-
-
-def _prompts() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """Two left-padded prompts (lengths 3 and 5) and the same prompts alone."""
-    gen = torch.Generator().manual_seed(3)
-    alone = [torch.randint(0, 120, (n,), generator=gen) for n in (3, 5)]
-    ids = torch.stack([F.pad(a, (5 - len(a), 0), value=EOS) for a in alone])
-    attention = torch.stack([(torch.arange(5) >= 5 - len(a)).long() for a in alone])
-    return ids, attention, alone
 
 
 # ----------------------------------------------------------------------------- reference
@@ -149,7 +136,7 @@ def test_one_layer_with_a_static_adapter_is_exact(sampler: str, modes: list, mer
     """One layer: a key/value depends only on its own token and position, and a cached step
     reuses entries only of tokens unchanged since recording, so caching changes nothing."""
     model = _dream(layers=1, adapter=LoRAConfig(r=4, target_modules=LINEARS), merged=merged)
-    ids, attention, _ = _prompts()
+    ids, attention, _ = prompts()
     options = dict(mask_token_id=MASK, gen_length=12, steps=12, sampler=sampler)
     if sampler == "llada":
         options["block_length"] = 4
@@ -162,7 +149,7 @@ def test_one_layer_with_a_static_adapter_is_exact(sampler: str, modes: list, mer
 @pytest.mark.parametrize("sampler", ["dream", "llada"])
 def test_nara_with_tolerance_zero_recomputes_every_step_so_equals_uncached(sampler: str) -> None:
     model = _dream(adapter=NaRAConfig(r=4, input_mode="both", target_modules=LINEARS))
-    ids, attention, _ = _prompts()
+    ids, attention, _ = prompts()
     options = dict(mask_token_id=MASK, gen_length=12, steps=12, sampler=sampler)
     if sampler == "llada":
         options["block_length"] = 4
@@ -205,14 +192,11 @@ def test_dream_sampler_recomputes_when_lambda_moved_past_the_tolerance(tolerance
 )
 def test_a_sample_alone_equals_the_sample_inside_a_padded_batch(sampler, mode, tolerance) -> None:
     model = _dream(adapter=NaRAConfig(r=4, input_mode="both", target_modules=LINEARS))
-    ids, attention, alone = _prompts()
     kwargs = dict(mask_token_id=MASK, gen_length=12, steps=12, sampler=sampler, cache=mode)
     kwargs["cache_tolerance"] = tolerance
     if sampler == "llada":
         kwargs["block_length"] = 4
-    batched = generate(model, ids, attention, **kwargs)
-    for i, prompt in enumerate(alone):
-        assert torch.equal(batched[i], generate(model, prompt[None], **kwargs)[0]), i
+    assert_alone_equals_batched(model, **kwargs)
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
@@ -220,16 +204,8 @@ def test_a_cached_pass_on_unchanged_tokens_equals_the_whole_pass(mode: str) -> N
     """The window starts one position early (shifted logits); nothing changed since recording,
     so the block's predictions equal the whole pass's, padded batch included."""
     model = _dream()
-    ids, attention, _ = _prompts()
-    x = torch.cat([ids, torch.randint(0, 120, (2, 8)).masked_fill(torch.rand(2, 8) < 0.5, MASK)], 1)
-    mask = torch.cat([attention, torch.ones(2, 8, dtype=torch.long)], 1)
-    lam, density = torch.full((2,), 0.5), torch.full((2,), 0.5)
-    prompt = mask.bool() & (torch.arange(13) < 5)
-    cache = KVCache(mode)
-    cache.begin_block()
+    whole, cached, x, mask = recorded_and_cached_pass(model, mode)
     with torch.no_grad():
-        whole = cache.logits(model, x, mask, lam, density, prompt, 7, 10)
-        cached = cache.logits(model, x, mask, lam, density, prompt, 7, 10)
         plain = model(x, attention_mask=mask).logits[:, 6:9]  # logit i predicts token i + 1
     assert torch.equal(whole, plain)
     torch.testing.assert_close(cached, plain)
