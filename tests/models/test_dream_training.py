@@ -9,12 +9,12 @@ tiny Dream folder and ``nara generate`` samples from it.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from models_support import method_config, two_step_overrides
 
 import nara
 from nara.cli import main
@@ -31,14 +31,7 @@ METHODS = sorted(set(adapter_methods()) - {"trajectory_router"})  # composes tra
 
 
 def _config(method: str):
-    cls = adapter_methods()[method]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    options = {"target_modules": DREAM_LINEARS} if "target_modules" in fields else {}
-    if "r" in fields:
-        options["r"] = 4
-    if method == "ia3":
-        options["feedforward_modules"] = ["down_proj"]  # Dream's feed-forward output
-    return cls(**options)
+    return method_config(method, DREAM_LINEARS, "down_proj")  # Dream's feed-forward output
 
 
 def _dream(seed: int = 0) -> DreamModel:
@@ -109,25 +102,11 @@ def dream_dir(tmp_path_factory) -> Path:
 
 
 def test_nara_train_dream_recipe_then_generate(dream_dir, arith_files, tmp_path, capsys):  # noqa: F811
-    train_file, val_file = arith_files
     out = tmp_path / "run"
-    overrides = [
-        f"model.name={dream_dir}",
-        "model.dtype=float32",
-        f"data.source={train_file}",
-        f"data.val_source={val_file}",
-        "data.max_length=16",
-        "data.val_max_examples=8",
-        "adapter.r=4",
-        "adapter.hidden_sizes=[16]",
-        "training.batch_size=4",
-        "training.global_batch_size=4",
-        "training.max_steps=2",
-        "training.eval_every=2",
-        "training.save_every=2",
-        "training.gradient_checkpointing=false",
-        f"output_dir={out}",
-    ]
+    overrides = two_step_overrides(
+        dream_dir, arith_files, out, "model.dtype=float32", "data.val_max_examples=8",
+        "adapter.hidden_sizes=[16]", "training.gradient_checkpointing=false",
+    )  # fmt: skip
     assert main(["train", str(RECIPES / "math_nara.yaml"), *overrides, "--no-progress"]) == 0
     adapter = out / "final"
     assert (adapter / "adapter_model.safetensors").is_file()

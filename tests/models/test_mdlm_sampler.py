@@ -7,11 +7,11 @@ checkpoint, from torch's generator seeded as recorded (scripts/make_mdlm_referen
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
+from models_support import method_config
 from safetensors.torch import load_file
 
 import nara
@@ -110,14 +110,7 @@ def test_prompt_is_kept_and_answer_complete(released):
 
 
 def _config(method: str):
-    cls = adapter_methods()[method]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    options = {"target_modules": MDLM_LINEARS} if "target_modules" in fields else {}
-    if "r" in fields:
-        options["r"] = 4
-    if method == "ia3":
-        options["feedforward_modules"] = ["mlp.2"]
-    return cls(**options)
+    return method_config(method, MDLM_LINEARS, "mlp.2")  # (IA)³ on the MLP's output linear
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from models_support import two_step_overrides
 from safetensors import safe_open
 
 from nara.cli import main
@@ -38,22 +39,8 @@ def mdlm_dir(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("recipe", ["math_lora", "math_nara"])
 def test_nara_train_mdlm_recipe_then_generate(recipe, mdlm_dir, arith_files, tmp_path, capsys):  # noqa: F811
-    train_file, val_file = arith_files
     out = tmp_path / "run"
-    overrides = [
-        f"model.name={mdlm_dir}",
-        f"data.source={train_file}",
-        f"data.val_source={val_file}",
-        "data.max_length=16",
-        "data.val_max_examples=8",
-        "adapter.r=4",
-        "training.batch_size=4",
-        "training.global_batch_size=4",
-        "training.max_steps=2",
-        "training.eval_every=2",
-        "training.save_every=2",
-        f"output_dir={out}",
-    ]
+    overrides = two_step_overrides(mdlm_dir, arith_files, out, "data.val_max_examples=8")
     if recipe == "math_nara":
         overrides.append("adapter.hidden_sizes=[16]")
     assert main(["train", str(RECIPES / f"{recipe}.yaml"), *overrides, "--no-progress"]) == 0

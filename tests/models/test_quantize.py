@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from models_support import two_step_overrides
 from safetensors import safe_open
 from torch import nn
 
@@ -221,25 +222,11 @@ def test_quantised_tiny_model_trains_nara(tmp_path, family, bits, storage) -> No
 
 
 def test_nara_train_on_a_4bit_base_from_the_command_line(tiny_model_dir, arith_files, tmp_path):  # noqa: F811
-    train, val = arith_files
     out = tmp_path / "run"
-    overrides = [
-        f"model.name={tiny_model_dir}",
-        "model.load_in_4bit=true",
-        f"data.source={train}",
-        f"data.val_source={val}",
-        "data.max_length=16",
-        "data.max_examples=8",
-        "data.val_max_examples=4",
-        "adapter.r=4",
-        "adapter.hidden_sizes=[16]",
-        "training.batch_size=4",
-        "training.global_batch_size=4",
-        "training.max_steps=2",
-        "training.eval_every=2",
-        "training.save_every=2",
-        f"output_dir={out}",
-    ]
+    overrides = two_step_overrides(
+        tiny_model_dir, arith_files, out, "model.load_in_4bit=true", "data.max_examples=8",
+        "data.val_max_examples=4", "adapter.hidden_sizes=[16]",
+    )  # fmt: skip
     recipe = str(RECIPES / "math_nara.yaml")  # gradient checkpointing on, as at 8B
     assert main(["train", recipe, *overrides, "--no-progress"]) == 0
     with safe_open(out / "final" / "adapter_model.safetensors", "pt") as saved:
