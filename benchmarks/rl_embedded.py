@@ -5,6 +5,7 @@ examples before and after diffu-GRPO (or wd1), over seeds.
     OMP_NUM_THREADS=1 python benchmarks/rl_embedded.py --seeds 0 --eval-split validation \\
         --methods lora --rl-set training.lr=3e-4 --output runs/rl_pilot  # tuning: validation only
     python benchmarks/rl_embedded.py --rl-recipe configs/rl/embedded_arithmetic_wd1.yaml
+    python benchmarks/rl_embedded.py --reuse --eval-split validation  # the same adapters again
 
 For each method and seed: `nara train demo` for --sft-steps updates (fewer than the demo's 500,
 so that accuracy is far from its ceiling and RL has room), the greedy accuracy and reward of that
@@ -12,9 +13,10 @@ adapter on the first --limit examples of --eval-split, `nara rl` (the --rl-recip
 (adapter.init_from, so the KL reference is the SFT adapter) for its training.max_steps updates,
 and the accuracy and reward again. Accuracy is nara eval's exact scorer (the whole answer
 ``N is the answer.``); the reward is the recipe's (correctness plus the format term) on the same
-greedy generations. Writes <output>/results.json, results.md (mean ± std over seeds) and
-rewards.png (sampled reward per rollout during RL, mean and range over seeds). Every run folder
-is replaced (training.overwrite=true).
+greedy generations. Writes <output>/results_<split>.json, results_<split>.md (mean ± std over
+seeds) and rewards.png (sampled reward per rollout during RL, mean over seeds and its moving average). Every
+run folder is replaced (training.overwrite=true); --reuse trains nothing and evaluates the
+adapters a previous run left in --output on --eval-split.
 """
 
 from __future__ import annotations
@@ -68,17 +70,19 @@ def one_run(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     out = args.output / method / f"seed{seed}"
     common = [f"adapter.method={method}", f"training.seed={seed}", "training.overwrite=true"]
     start = time.perf_counter()
-    sft = load_recipe(
-        ROOT / "configs" / "demo.yaml",
-        [
-            *common,
-            f"training.max_steps={args.sft_steps}",
-            "training.eval_every=none",
-            "training.save_every=none",
-            f"output_dir={out / 'sft'}",
-        ],
-    )
-    sft_adapter = Trainer(sft, show_progress=False).train().final_adapter
+    sft_adapter, rl_adapter = out / "sft" / "final", out / "rl" / "final"
+    if not args.reuse:
+        sft = load_recipe(
+            ROOT / "configs" / "demo.yaml",
+            [
+                *common,
+                f"training.max_steps={args.sft_steps}",
+                "training.eval_every=none",
+                "training.save_every=none",
+                f"output_dir={out / 'sft'}",
+            ],
+        )
+        sft_adapter = Trainer(sft, show_progress=False).train().final_adapter
     sft_seconds = time.perf_counter() - start
     rl = load_rl_recipe(
         args.rl_recipe,
@@ -92,7 +96,8 @@ def one_run(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     )
     before = evaluate(sft_adapter, args.eval_split, args.limit, rl.rewards)
     rl_start = time.perf_counter()
-    rl_adapter = RLTrainer(rl, show_progress=False).train().final_adapter
+    if not args.reuse:
+        rl_adapter = RLTrainer(rl, show_progress=False).train().final_adapter
     rl_seconds = time.perf_counter() - rl_start
     after = evaluate(rl_adapter, args.eval_split, args.limit, rl.rewards)
     rollouts = [r for r in read_metrics(out / "rl" / "metrics.jsonl") if "rollout" in r]
@@ -151,8 +156,9 @@ def table(rows: list[dict[str, Any]], split: str) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Sampled reward per rollout: mean over seeds (line) and their range (band), per method."""
+def plot(rows: list[dict[str, Any]], path: Path, window: int = 10) -> None:
+    """Sampled reward per rollout, mean over seeds: each rollout (thin) and its moving average
+    over ``window`` rollouts (bold), one colour per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,15 +167,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for method in dict.fromkeys(r["method"] for r in rows):
         curves = [r["rewards"] for r in rows if r["method"] == method]
-        steps = range(1, min(map(len, curves)) + 1)
-        per_step = list(zip(*curves))
-        mean = [statistics.mean(v) for v in per_step]
-        line = ax.plot(steps, mean, label=f"{method} (mean of {len(curves)} seeds)")[0]
-        lo, hi = [min(v) for v in per_step], [max(v) for v in per_step]
-        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("rollout")
+        mean = [statistics.mean(v) for v in zip(*curves)]
+        steps = range(1, len(mean) + 1)
+        line = ax.plot(steps, mean, lw=0.8, alpha=0.35)[0]
+        smooth = [statistics.mean(mean[max(0, i - window + 1) : i + 1]) for i in range(len(mean))]
+        label = f"{method}: mean of {len(curves)} seeds, moving average of {window}"
+        ax.plot(steps, smooth, lw=2.2, color=line.get_color(), label=label)
+    ax.set_xlabel("rollout (2 updates each)")
     ax.set_ylabel("mean reward of the rollout's completions")
-    ax.set_title("diffu-GRPO after SFT, embedded arithmetic (sampled)")
+    ax.set_title("diffu-GRPO after SFT, embedded arithmetic (train prompts, sampled)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -195,13 +201,21 @@ def main() -> None:
         "--rl-set", nargs="*", default=[], metavar="KEY=VALUE", help="RL overrides, e.g. rl.beta=0"
     )
     parser.add_argument("--output", type=Path, default=Path("runs/rl_embedded"))
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="train nothing: evaluate the SFT and RL adapters already in --output on --eval-split",
+    )
     args = parser.parse_args()
     rows = [one_run(m, s, args) for m in args.methods for s in args.seeds]
     args.output.mkdir(parents=True, exist_ok=True)
-    settings = vars(args) | {"rl_recipe": str(args.rl_recipe), "output": str(args.output)}
+    recipe = args.rl_recipe.resolve()
+    shown = recipe.relative_to(ROOT) if recipe.is_relative_to(ROOT) else recipe
+    settings = vars(args) | {"rl_recipe": str(shown), "output": str(args.output)}
     results = {"args": settings, "rows": rows}
-    (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.output / "results.md").write_text(table(rows, args.eval_split) + "\n")
+    name = f"results_{args.eval_split}"
+    (args.output / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.output / f"{name}.md").write_text(table(rows, args.eval_split) + "\n")
     plot(rows, args.output / "rewards.png")
     print(table(rows, args.eval_split))
 
