@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
+from test_experiment_runner import _grid_file  # noqa: E402  (the same micro grid)
 from training_support import tiny_model_dir  # noqa: E402,F401  (fixture)
 
 from nara.cli import main  # noqa: E402
@@ -24,24 +25,12 @@ RATES = [1e-4, 1e-3, 1e-2]
 
 
 def _raw(tmp_path: Path, model: str = "tiny") -> dict:
+    """The runner tests' micro grid (base, LoRA, NaRA; seeds 0, 1) with a three-rate sweep."""
+    raw = yaml.safe_load(_grid_file(tmp_path, Path(model)).read_text())
     return {
+        **raw,
         "name": "sweep",
-        "output": str(tmp_path / "results"),
-        "tasks": ["arithmetic"],
-        "seeds": [0, 1],
-        "recipe": {
-            "model": {"name": model, "dtype": "float32"},
-            "adapter": {"alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-            "data": {"max_examples": 16, "val_max_examples": 4, "max_length": 160},
-            "training": {"lr": 1e-3, "batch_size": 4, "max_steps": 2, "save_every": 1},
-        },
-        "methods": {
-            "base": {"method": "base"},
-            "lora": {"method": "lora", "r": 2},
-            "nara": {"method": "nara", "r": 2, "hidden_sizes": [8]},
-        },
         "lr_sweep": {"lrs": RATES, "seed": 0},
-        "evaluation": {"limit": 3, "batch_size": 3, "gen_length": 4},
         "profile": {"enabled": False},
     }
 
